@@ -1,0 +1,156 @@
+"""Every configuration key, its default, type and meaning.
+
+Key names follow maskrcnn-benchmark (and so the original sampling-free code) where one exists. The tree is plain
+data: ``Key`` leaves inside nested dicts. ``sampling_free.config.loader`` validates files and overrides against it,
+and ``docs/config_reference.md`` is generated from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration leaf.
+
+    ``kind`` is one of bool/int/float/str/list; ``item`` is the element kind of a list (``"list"`` for a list of
+    lists of ints, as anchor sizes are); ``nullable`` keys accept ``null`` meaning "derive it"."""
+
+    default: Any
+    help: str
+    kind: str
+    item: str | None = None
+    nullable: bool = False
+    choices: tuple | None = None
+
+
+def _b(default, help, nullable=False):
+    return Key(default, help, "bool", nullable=nullable)
+
+
+def _i(default, help, nullable=False, choices=None):
+    return Key(default, help, "int", nullable=nullable, choices=choices)
+
+
+def _f(default, help, nullable=False):
+    return Key(default, help, "float", nullable=nullable)
+
+
+def _s(default, help, choices=None):
+    return Key(default, help, "str", choices=choices)
+
+
+def _l(default, help, item):
+    return Key(default, help, "list", item=item)
+
+
+DETECTORS = ("RetinaNet",)
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
+
+SCHEMA: dict = {
+    "MODEL": {
+        "META_ARCHITECTURE": _s("RetinaNet", "Detector family.", choices=DETECTORS),
+        "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
+        "WEIGHT": _s("", "Whole-detector checkpoint to initialise from (ours). Empty: backbone weights only."),
+        "NUM_CLASSES": _i(0, "Foreground classes. 0: taken from the first training dataset."),
+        "SAMPLING_FREE_ON": _b(False, "Master switch: every component below defaults to this value."),
+        "CLASSIFICATION_SCALE": _f(
+            None, "Guided-scaling factor of the classification loss. null: 1.0 for one-stage heads.", nullable=True
+        ),
+        "SAMPLING_FREE": {
+            "NO_HEURISTIC": _b(None, "Drop the sampling heuristic (RetinaNet: focal loss -> plain BCE). "
+                               "null: follow SAMPLING_FREE_ON.", nullable=True),
+            "BIAS_INIT": _b(None, "Initialise the classification bias from the estimated prior. "
+                            "null: follow SAMPLING_FREE_ON.", nullable=True),
+            "GUIDED_LOSS": _b(None, "Rescale the classification loss to the regression loss every step. "
+                              "null: follow SAMPLING_FREE_ON.", nullable=True),
+            "ADAPTIVE_THRESHOLD": _b(None, "Test score threshold = pi * C (and NMS_THRESH below) instead of the "
+                                     "fixed one. null: follow SAMPLING_FREE_ON.", nullable=True),
+            "PRIOR": _f(None, "Use this pi instead of estimating it from the training annotations.", nullable=True),
+            "NMS_THRESH": _f(0.55, "RetinaNet NMS IoU with the adaptive threshold (the original's 0.55)."),
+            "PRIOR_CACHE_DIR": _s("", "Where estimated priors are cached. Empty: $SAMPLING_FREE_CACHE or "
+                                  "~/.cache/sampling-free/priors."),
+        },
+        "BACKBONE": {
+            "NAME": _s("resnet50", "Backbone network (all with an FPN).", choices=BACKBONES),
+            "WEIGHTS": _s("", "ImageNet weights: a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1 "
+                          "(downloaded by torchvision unless already on disk) or a path to a state-dict file. "
+                          "Empty: random initialisation."),
+            "TRAINABLE_LAYERS": _i(3, "Backbone stages trained (counted from the top, 0-5); the rest are frozen."),
+            "NORM": _s("auto", "Backbone normalisation. auto: FrozenBN with pretrained weights, BN without.",
+                       choices=("auto", "FrozenBN", "BN")),
+        },
+        "FPN": {
+            "OUT_CHANNELS": _i(256, "Channels of every FPN level and of the heads."),
+            "MIN_LEVEL": _i(3, "Finest pyramid level (stride 2**MIN_LEVEL).", choices=(2, 3, 4, 5)),
+            "TOP_BLOCK": _s("p6p7", "Levels above P5: p6p7 (RetinaNet: two stride-2 convs from C5) or maxpool (P6 only).",
+                            choices=("p6p7", "maxpool")),
+        },
+        "ANCHOR_GENERATOR": {
+            "SIZES": _l([[32], [64], [128], [256], [512]], "Base anchor size per pyramid level (one list per level).",
+                        item="list"),
+            "SCALES_PER_OCTAVE": _i(3, "Anchor scales per level: size * 2**(i / SCALES_PER_OCTAVE)."),
+            "ASPECT_RATIOS": _l([0.5, 1.0, 2.0], "Anchor height/width ratios at every location.", item="float"),
+        },
+        "RETINANET": {
+            "NUM_CONVS": _i(4, "3x3 conv layers in each head tower."),
+            "HEAD_NORM": _s("", "Normalisation in the head towers: '' (none, the original) or GN (32 groups, "
+                            "torchvision's RetinaNet v2).", choices=("", "GN")),
+            "FG_IOU_THRESHOLD": _f(0.5, "Anchors with IoU >= this are foreground (plus low-quality best matches)."),
+            "BG_IOU_THRESHOLD": _f(0.4, "Anchors with IoU < this are background; in between they are ignored."),
+            "PRIOR_PROB": _f(0.01, "Baseline classification-bias prior (focal loss paper)."),
+            "FOCAL_LOSS_ALPHA": _f(0.25, "Focal loss alpha (baseline)."),
+            "FOCAL_LOSS_GAMMA": _f(2.0, "Focal loss gamma (baseline)."),
+            "SMOOTH_L1_BETA": _f(0.11, "Box regression smooth-L1 beta; the loss is summed and divided by 4 x #pos."),
+            "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
+            "NMS_THRESH": _f(0.5, "Baseline per-class NMS IoU at test time."),
+            "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
+        },
+    },
+    "INPUT": {
+        "MIN_SIZE_TRAIN": _l([800], "Shorter side at training; one is drawn at random per image.", item="int"),
+        "MAX_SIZE_TRAIN": _i(1333, "Longer side cap at training."),
+        "MIN_SIZE_TEST": _i(800, "Shorter side at test."),
+        "MAX_SIZE_TEST": _i(1333, "Longer side cap at test."),
+        "HFLIP_PROB": _f(0.5, "Horizontal flip probability at training."),
+        "SIZE_DIVISIBILITY": _i(32, "Batched images are padded to a multiple of this."),
+        "PIXEL_MEAN": _l([0.485, 0.456, 0.406], "RGB mean of images scaled to [0, 1] (ImageNet).", item="float"),
+        "PIXEL_STD": _l([0.229, 0.224, 0.225], "RGB std of images scaled to [0, 1] (ImageNet).", item="float"),
+    },
+    "DATASETS": {
+        "TRAIN": _l(["coco_2017_train"], "Training datasets: catalog names or coco:<annotations.json>:<image dir>.",
+                    item="str"),
+        "TEST": _l(["coco_2017_val"], "Test datasets, same forms.", item="str"),
+        "ROOT": _s("", "Datasets root. Empty: $SAMPLING_FREE_DATASETS or ./datasets."),
+    },
+    "DATALOADER": {
+        "NUM_WORKERS": _i(2, "Data-loading worker processes (0: load in the main process)."),
+        "ASPECT_RATIO_GROUPING": _b(True, "Batch portrait and landscape images separately (less padding)."),
+    },
+    "SOLVER": {
+        "OPTIMIZER": _s("SGD", "SGD (momentum) or AdamW.", choices=("SGD", "AdamW")),
+        "BASE_LR": _f(0.01, "Learning rate for the global batch SOLVER.IMS_PER_BATCH."),
+        "BIAS_LR_FACTOR": _f(2.0, "Learning-rate multiplier for biases (maskrcnn-benchmark's 2)."),
+        "MOMENTUM": _f(0.9, "SGD momentum."),
+        "WEIGHT_DECAY": _f(1e-4, "Weight decay."),
+        "WEIGHT_DECAY_BIAS": _f(0.0, "Weight decay of biases."),
+        "LR_SCHEDULER": _s("multistep", "multistep (x GAMMA at STEPS) or cosine (to 0 at MAX_ITER).",
+                           choices=("multistep", "cosine")),
+        "GAMMA": _f(0.1, "Learning-rate factor at each step."),
+        "STEPS": _l([60000, 80000], "Iterations at which the learning rate is multiplied by GAMMA.", item="int"),
+        "MAX_ITER": _i(90000, "Training iterations."),
+        "WARMUP_FACTOR": _f(1.0 / 3, "Learning-rate factor at iteration 0 of the linear warm-up."),
+        "WARMUP_ITERS": _i(500, "Linear warm-up length."),
+        "IMS_PER_BATCH": _i(16, "Images per iteration (global batch)."),
+        "CHECKPOINT_PERIOD": _i(5000, "Write a checkpoint every this many iterations."),
+        "LOG_PERIOD": _i(20, "Write a metrics.jsonl record every this many iterations."),
+        "CLIP_GRAD_NORM": _f(0.0, "Clip the gradient's global norm to this value (0: off)."),
+    },
+    "TEST": {
+        "IMS_PER_BATCH": _i(8, "Images per inference batch."),
+        "DETECTIONS_PER_IMG": _i(100, "Detections kept per image."),
+    },
+    "OUTPUT_DIR": _s("", "Run folder. Empty: output/<config name>, with _free when sampling-free is on."),
+    "SEED": _i(0, "Seed for weights, data order and augmentation."),
+}

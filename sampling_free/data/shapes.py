@@ -1,0 +1,213 @@
+"""``shapes``: the built-in, procedurally generated detection benchmark, written in real COCO format.
+
+It exists so the whole pipeline (loaders, prior estimation, training, COCO evaluation) runs on a laptop CPU, on the
+same code path as COCO, with the imbalance that sampling heuristics exist for: most anchors are background,
+classes are long-tailed, objects run from a few pixels to most of the image, clutter that is no class sits on a
+textured background, objects overlap (instance masks are the visible parts), and some images hold no object.
+Everything is a pure function of (seed, split, image index): a given seed always yields the same annotations and
+pixels.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from pycocotools import mask as mask_utils
+
+VERSION = 1
+CLASSES = ("circle", "rectangle", "triangle", "star", "ring", "cross")
+# Long tail: the most frequent class is ~7x the rarest.
+CLASS_FREQUENCY = (0.34, 0.24, 0.16, 0.12, 0.09, 0.05)
+SPLITS = {"train": 1200, "val": 300}
+EMPTY_IMAGE_FRACTION = 0.05
+MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION = 8, 0.85
+MAX_HIDDEN_FRACTION = 0.5  # an object may be covered by later ones up to this share of its area
+
+
+def _shape_polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Generator) -> list:
+    """Outline of one object of extent ``size`` as a list of (x, y) vertices."""
+    angle = rng.uniform(0, 2 * math.pi)
+
+    def ring_points(n, radius_fn, rotation):
+        return [
+            (cx + radius_fn(k) * math.cos(rotation + 2 * math.pi * k / n),
+             cy + radius_fn(k) * math.sin(rotation + 2 * math.pi * k / n))
+            for k in range(n)
+        ]
+
+    r = size / 2
+    if kind in ("circle", "ring"):
+        return ring_points(max(12, int(size)), lambda k: r, 0.0)
+    if kind == "rectangle":
+        aspect = rng.uniform(0.5, 1.0)
+        w, h = (size, size * aspect) if rng.random() < 0.5 else (size * aspect, size)
+        cos, sin = math.cos(angle * 0.25), math.sin(angle * 0.25)  # mild rotation, up to 90 degrees
+        corners = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in corners]
+    if kind == "triangle":
+        return ring_points(3, lambda k: r, angle)
+    if kind == "star":
+        return ring_points(10, lambda k: r if k % 2 == 0 else r * 0.45, angle)
+    if kind == "cross":
+        t = size / 6
+        arms = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t),
+                (-t, -t)]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in arms]
+    raise ValueError(kind)
+
+
+def _object_mask(kind: str, cx: float, cy: float, size: float, shape: tuple, rng) -> np.ndarray:
+    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.polygon(_shape_polygon(kind, cx, cy, size, rng), fill=255)
+    if kind == "ring":
+        inner = size * rng.uniform(0.25, 0.35)
+        draw.ellipse([cx - inner, cy - inner, cx + inner, cy + inner], fill=0)
+    return np.asarray(canvas) > 0
+
+
+def _background(rng, height: int, width: int) -> np.ndarray:
+    """A colour gradient, low-frequency blotches and pixel noise: texture, not a flat canvas."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    c0, c1 = rng.uniform(40, 215, size=3), rng.uniform(40, 215, size=3)
+    t = (xx * math.cos(rng.uniform(0, 6.3)) + yy * math.sin(rng.uniform(0, 6.3))) / max(height, width)
+    image = c0 + (c1 - c0) * ((t - t.min()) / (np.ptp(t) + 1e-6))[..., None]
+    blotches = rng.normal(0, 1, size=(max(2, height // 24), max(2, width // 24), 3)).astype(np.float32)
+    blotches = np.asarray(Image.fromarray(((blotches * 40) + 128).clip(0, 255).astype(np.uint8)).resize(
+        (width, height), Image.BICUBIC), dtype=np.float32) - 128
+    return image + blotches * 0.5 + rng.normal(0, 6, size=(height, width, 3))
+
+
+def _draw_clutter(image: Image.Image, rng) -> None:
+    """Things that are no class: strokes, arcs, dots and blurred blobs in random colours."""
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    for _ in range(rng.integers(2, 9)):
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        kind = rng.integers(0, 3)
+        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+        if kind == 0:
+            draw.line([(x0, y0), (x0 + rng.normal(0, w / 4), y0 + rng.normal(0, h / 4))], fill=colour,
+                      width=int(rng.integers(1, 4)))
+        elif kind == 1:
+            r = rng.uniform(8, max(9, min(w, h) / 3))
+            start = rng.uniform(0, 360)
+            draw.arc([x0 - r, y0 - r, x0 + r, y0 + r], start, start + rng.uniform(40, 200), fill=colour,
+                     width=int(rng.integers(1, 4)))
+        else:
+            r = rng.uniform(1, 3)
+            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=colour)
+
+
+def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[dict]]:
+    """One image and its objects (class index, visible mask). Pure function of its arguments."""
+    split_key = sum(ord(c) * 31 ** i for i, c in enumerate(split)) % 1_000_003
+    rng = np.random.default_rng([seed, split_key, index])
+    short = int(rng.integers(160, 225))
+    long_side = int(short * rng.uniform(1.0, 1.4))
+    height, width = (short, long_side) if rng.random() < 0.6 else (long_side, short)
+    base = _background(rng, height, width)
+    image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    _draw_clutter(image, rng)
+    pixels = np.asarray(image, dtype=np.float32).copy()
+
+    objects: list[dict] = []
+    n_objects = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(1, 11))
+    max_size = MAX_OBJECT_FRACTION * min(height, width)
+    for _ in range(n_objects):
+        label = int(rng.choice(len(CLASSES), p=CLASS_FREQUENCY))
+        for _attempt in range(20):
+            size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_size)))
+            cx = rng.uniform(size * 0.3, width - size * 0.3)
+            cy = rng.uniform(size * 0.3, height - size * 0.3)
+            mask = _object_mask(CLASSES[label], cx, cy, size, (height, width), rng)
+            if mask.sum() < 12:
+                continue
+            # Reject a placement that would hide too much of an object already there.
+            if all(o["area0"] - (o["mask"] & ~mask).sum() <= MAX_HIDDEN_FRACTION * o["area0"] for o in objects):
+                break
+        else:
+            continue
+        for o in objects:
+            o["mask"] &= ~mask
+        local = base[mask].mean(axis=0)
+        colour = rng.uniform(0, 255, size=3)
+        while np.abs(colour - local).sum() < 120:  # visible against the background under it
+            colour = rng.uniform(0, 255, size=3)
+        shade = 1 + rng.normal(0, 0.04, size=(int(mask.sum()), 1))
+        pixels[mask] = colour * shade
+        objects.append({"label": label, "mask": mask, "area0": int(mask.sum())})
+    pixels += rng.normal(0, 3, size=pixels.shape)
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.5))
+    return image, [o for o in objects if o["mask"].sum() >= 4]
+
+
+def _annotation(obj: dict, image_id: int, ann_id: int) -> dict:
+    mask = obj["mask"]
+    ys, xs = np.nonzero(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return {"id": ann_id, "image_id": image_id, "category_id": obj["label"] + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "area": int(mask.sum()), "iscrowd": 0, "segmentation": rle}
+
+
+def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0) -> Path:
+    """Write ``<out>/<split>/*.jpg`` and ``<out>/annotations/instances_<split>.json``; returns the JSON path."""
+    out_dir = Path(out_dir)
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        image, objects = render_image(seed, split, index)
+        file_name = f"{index:06d}.jpg"
+        image.save(out_dir / split / file_name, quality=92)
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
+        for obj in objects:
+            annotations.append(_annotation(obj, image_id, len(annotations) + 1))
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    info = {"description": f"sampling-free built-in shapes dataset v{VERSION}", "seed": seed, "version": VERSION}
+    path = out_dir / "annotations" / f"instances_{split}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"info": info, "images": images, "annotations": annotations,
+                               "categories": categories}))
+    os.replace(tmp, path)
+    return path
+
+
+def write_dataset(out_dir: str | Path, *, seed: int = 0, splits: dict[str, int] | None = None) -> Path:
+    for split, count in (splits or SPLITS).items():
+        write_split(out_dir, split, count, seed=seed)
+    return Path(out_dir)
+
+
+def ensure_shapes(root: str | Path, *, seed: int = 0) -> Path:
+    """The cached default dataset under ``root/shapes``, generated on first use (atomically, by folder rename)."""
+    target = Path(root) / "shapes"
+    stamp = {"version": VERSION, "seed": seed, "splits": SPLITS}
+    stamp_file = target / "GENERATED.json"
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        return target
+    Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+    try:
+        write_dataset(tmp, seed=seed)
+        (tmp / "GENERATED.json").write_text(json.dumps(stamp))
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not stamp_file.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,101 @@
+"""COCO box (and mask) AP with pycocotools, numbers in percent as detectron2 prints them."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger(__name__)
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+@torch.no_grad()
+def run_inference(model, loader, device) -> list[dict]:
+    """Detections per image, in original image coordinates, on the CPU."""
+    model.eval()
+    predictions = []
+    for images, targets in loader:
+        outputs = model([im.to(device) for im in images])
+        for target, out in zip(targets, outputs):
+            predictions.append({"image_id": target["image_id"], **{k: v.cpu() for k, v in out.items()}})
+    return predictions
+
+
+def to_coco_results(dataset, predictions: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(bbox results, segm results) in COCO results format, with the dataset's own category ids."""
+    boxes_out, masks_out = [], []
+    for p in predictions:
+        boxes = p["boxes"].numpy().astype(np.float64)
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+        for k in range(len(boxes)):
+            record = {"image_id": int(p["image_id"]), "category_id": dataset.category_ids[int(p["labels"][k]) - 1],
+                      "score": float(p["scores"][k])}
+            boxes_out.append({**record, "bbox": [round(float(v), 2) for v in xywh[k]]})
+            if "masks" in p:
+                m = (p["masks"][k, 0] > 0.5).numpy().astype(np.uint8)
+                rle = mask_utils.encode(np.asfortranarray(m))
+                rle["counts"] = rle["counts"].decode("ascii")
+                masks_out.append({**record, "segmentation": rle})
+    return boxes_out, masks_out
+
+
+def coco_metrics(coco_gt, results: list[dict], iou_type: str, class_names=None) -> tuple[dict, dict, str]:
+    """(AP metrics in percent, per-class AP, pycocotools' printed summary)."""
+    if not results:
+        logger.warning("no detections for %s evaluation: every AP is 0", iou_type)
+        return {k: 0.0 for k in METRIC_NAMES}, {}, "no detections\n"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics = {k: float(v * 100) if v >= 0 else float("nan") for k, v in zip(METRIC_NAMES, ev.stats[:6])}
+    per_class = {}
+    precision = ev.eval["precision"]  # (iou, recall, class, area, maxdets)
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        name = coco_gt.cats[cat_id]["name"] if class_names is None else class_names[k]
+        per_class[name] = float(p.mean() * 100) if p.size else float("nan")
+    return metrics, per_class, text.getvalue()
+
+
+def format_table(metrics: dict) -> str:
+    header = "| task | " + " | ".join(METRIC_NAMES) + " |"
+    rows = [header, "|" + "---|" * (len(METRIC_NAMES) + 1)]
+    for task, values in metrics.items():
+        if task in ("bbox", "segm"):
+            rows.append(f"| {task} | " + " | ".join(f"{values[k]:.2f}" for k in METRIC_NAMES) + " |")
+    return "\n".join(rows)
+
+
+def evaluate_dataset(model, dataset, loader, device, out_dir: str | Path) -> dict:
+    """Inference on ``dataset``, COCO metrics, and ``bbox.json`` / ``segm.json`` / ``metrics.json`` in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    predictions = run_inference(model, loader, device)
+    seconds = time.perf_counter() - start
+    box_results, mask_results = to_coco_results(dataset, predictions)
+    (out_dir / "bbox.json").write_text(json.dumps(box_results))
+    metrics: dict = {}
+    metrics["bbox"], metrics["bbox_per_class"], summary = coco_metrics(dataset.coco, box_results, "bbox")
+    logger.info("%s bbox:\n%s", dataset.name, summary)
+    if any("masks" in p for p in predictions):
+        (out_dir / "segm.json").write_text(json.dumps(mask_results))
+        metrics["segm"], metrics["segm_per_class"], summary = coco_metrics(dataset.coco, mask_results, "segm")
+        logger.info("%s segm:\n%s", dataset.name, summary)
+    metrics["inference"] = {"images": len(predictions), "seconds": round(seconds, 2),
+                            "detections": len(box_results)}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

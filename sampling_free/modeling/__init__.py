@@ -1,0 +1,17 @@
+"""Detectors: torchvision models with thin, explicit sampling-free adapters (one file per family)."""
+from __future__ import annotations
+
+from torch import nn
+
+from .common import Switches, resolve_switches
+from .retinanet import SamplingFreeRetinaNet, build_retinanet
+
+__all__ = ["build_model", "SamplingFreeRetinaNet", "Switches", "resolve_switches"]
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The detector named by ``MODEL.META_ARCHITECTURE``, randomly initialised apart from backbone weights."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "RetinaNet":
+        return build_retinanet(cfg, num_classes)
+    raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r} is not implemented")

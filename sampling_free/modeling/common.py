@@ -1,0 +1,144 @@
+"""Pieces every detector adapter shares: the input transform, anchors, the prior buffer, the switches."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_iou
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise-resize-pad with two changes: a training image is resized to ``target["min_size"]``
+    when the sampler chose one (instead of a size drawn from the global RNG, so runs resume and shard exactly), and
+    test images use their own min/max size (torchvision reuses the training ones)."""
+
+    def __init__(self, *, train_sizes, train_max_size, test_size, test_max_size, **kwargs):
+        super().__init__(min_size=tuple(train_sizes), max_size=train_max_size, **kwargs)
+        self.test_size, self.test_max_size = test_size, test_max_size
+
+    def resize(self, image, target=None):
+        if self.training and target is not None and "min_size" in target:
+            sizes = ((int(target.pop("min_size")),), self.max_size)
+        elif self.training:
+            return super().resize(image, target)
+        else:
+            sizes = ((self.test_size,), self.test_max_size)
+        saved = self.min_size, self.max_size
+        self.min_size, self.max_size = sizes
+        try:
+            return super().resize(image, target)
+        finally:
+            self.min_size, self.max_size = saved
+
+
+def build_transform(cfg) -> DetectionTransform:
+    return DetectionTransform(
+        train_sizes=cfg.INPUT.MIN_SIZE_TRAIN, train_max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+        test_size=cfg.INPUT.MIN_SIZE_TEST, test_max_size=cfg.INPUT.MAX_SIZE_TEST,
+        image_mean=list(cfg.INPUT.PIXEL_MEAN), image_std=list(cfg.INPUT.PIXEL_STD),
+        size_divisible=cfg.INPUT.SIZE_DIVISIBILITY,
+    )
+
+
+def build_anchor_generator(cfg, num_levels: int) -> AnchorGenerator:
+    sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES
+    if len(sizes) != num_levels:
+        raise ValueError(f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} levels but the backbone gives {num_levels} "
+                         f"(MODEL.FPN.MIN_LEVEL={cfg.MODEL.FPN.MIN_LEVEL}, TOP_BLOCK={cfg.MODEL.FPN.TOP_BLOCK})")
+    octave = cfg.MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE
+    per_level = tuple(tuple(s * 2 ** (i / octave) for s in level for i in range(octave)) for level in sizes)
+    ratios = (tuple(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS),) * len(per_level)
+    return AnchorGenerator(per_level, ratios)
+
+
+@dataclass(frozen=True)
+class Switches:
+    """Which parts of the sampling-free mechanism are on (each defaults to MODEL.SAMPLING_FREE_ON)."""
+
+    no_heuristic: bool
+    bias_init: bool
+    guided_loss: bool
+    adaptive_threshold: bool
+    classification_scale: float
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.bias_init or self.adaptive_threshold
+
+    @property
+    def any(self) -> bool:
+        return self.no_heuristic or self.bias_init or self.guided_loss or self.adaptive_threshold
+
+
+def resolve_switches(cfg, *, default_scale: float) -> Switches:
+    sf = cfg.MODEL.SAMPLING_FREE
+    on = cfg.MODEL.SAMPLING_FREE_ON
+
+    def pick(value):
+        return on if value is None else value
+
+    scale = cfg.MODEL.CLASSIFICATION_SCALE
+    return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), pick(sf.GUIDED_LOSS), pick(sf.ADAPTIVE_THRESHOLD),
+                    default_scale if scale is None else scale)
+
+
+class PriorBuffer(nn.Module):
+    """Holds π inside the model (NaN until known), so a checkpoint carries what its test threshold needs."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("value", torch.tensor(math.nan, dtype=torch.float64))
+
+    def get(self) -> float:
+        value = float(self.value)
+        if math.isnan(value):
+            raise RuntimeError("the model's prior π is unknown: estimate it (training) or load a checkpoint that "
+                               "holds it, or set MODEL.SAMPLING_FREE.PRIOR")
+        return value
+
+    def set(self, value: float) -> None:
+        self.value.fill_(value)
+
+
+class AnchorPriorCounter:
+    """The prior-counting rule of an anchor-based head: its anchors for a padded input, labelled by its matcher.
+
+    Foreground = matched anchors (IoU >= high threshold, plus low-quality best matches when the matcher allows
+    them), background = IoU < low threshold; anchors in between are ignored, as in the loss."""
+
+    def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, matcher, num_classes: int,
+                 class_agnostic: bool = False):
+        self.backbone, self.anchor_generator, self.matcher = backbone, anchor_generator, matcher
+        self.num_classes, self.class_agnostic = num_classes, class_agnostic
+        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
+
+    def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
+        if padded not in self._anchors:
+            with torch.no_grad():  # a zero-image batch gives every level's grid size at no cost
+                features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
+                grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
+                images = ImageList(torch.empty(1, 0, *padded), [padded])
+                self._anchors[padded] = self.anchor_generator(images, grids)[0]
+        return self._anchors[padded]
+
+    def count(self, padded, image_size, boxes: torch.Tensor, labels: torch.Tensor):
+        anchors = self.anchors(tuple(padded))
+        if boxes.numel() == 0:
+            return np.zeros(self.num_classes), float(anchors.shape[0])
+        matched = self.matcher(box_iou(boxes, anchors))
+        fg = matched >= 0
+        classes = torch.zeros_like(labels) if self.class_agnostic else labels - 1
+        per_class = torch.bincount(classes[matched[fg]], minlength=self.num_classes)
+        return per_class.double().numpy(), float((matched == self.matcher.BELOW_LOW_THRESHOLD).sum())
+
+    def describe(self) -> dict:
+        return {"anchor_sizes": [list(s) for s in self.anchor_generator.sizes],
+                "aspect_ratios": [list(r) for r in self.anchor_generator.aspect_ratios],
+                "fg_iou": self.matcher.high_threshold, "bg_iou": self.matcher.low_threshold,
+                "low_quality_matches": self.matcher.allow_low_quality_matches, "num_classes": self.num_classes}

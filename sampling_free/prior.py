@@ -1,0 +1,170 @@
+"""Estimating π from the training annotations with the detector's own assignment rule -- no image is decoded.
+
+For every training image the annotation file gives its size and boxes. We apply the training resize rule (each
+``INPUT.MIN_SIZE_TRAIN`` with equal weight, the max-size cap, padding to ``SIZE_DIVISIBILITY``) and horizontal
+flipping (weights ``1 - p`` and ``p``), so the counts are the *expected* counts of one training epoch rather than
+one random draw of them. The detector supplies the rule (``model.prior_counter()``): which anchors (or locations)
+exist for a padded input, and how many of them its matcher labels foreground per class and background. Images
+without objects count as all background, as they do in the loss. Under torch.distributed every process counts a
+shard and the sums are all-reduced, so no process group is needed on one device and no cache file is raced.
+
+The result is cached under a key of everything it depends on (annotation file contents, the rule's parameters,
+input sizes, flip probability), so a second run with the same setting reads it in milliseconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .mechanism import adaptive_score_threshold, optimal_bias, prior_from_counts
+
+logger = logging.getLogger(__name__)
+CACHE_VERSION = 1
+ENV_CACHE = "SAMPLING_FREE_CACHE"
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The training resize of torchvision's GeneralizedRCNNTransform (interpolate with a recomputed scale)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(math.floor(height * scale)), int(math.floor(width * scale))
+
+
+def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    if divisor <= 1:
+        return height, width
+    return int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir(configured: str = "") -> Path:
+    if configured:
+        return Path(configured)
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]) / "priors"
+    return Path.home() / ".cache" / "sampling-free" / "priors"
+
+
+def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibility: int, hflip_prob: float,
+                  rank: int = 0, world_size: int = 1) -> dict:
+    """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard)."""
+    num_classes = counter.num_classes
+    fg = np.zeros(num_classes, dtype=np.float64)
+    bg, images, empty = 0.0, 0, 0
+    flips = [(False, 1.0 - hflip_prob), (True, hflip_prob)]
+    position = 0
+    for dataset in datasets:
+        for index in range(len(dataset)):
+            position += 1
+            if (position - 1) % world_size != rank:
+                continue
+            height, width = dataset.image_size(index)
+            boxes, labels = dataset.annotations(index)
+            images += 1
+            empty += int(len(boxes) == 0)
+            for min_size in min_sizes:
+                new_h, new_w = resized_size(height, width, min_size, max_size)
+                scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
+                padded = padded_size(new_h, new_w, size_divisibility)
+                for flip, weight in flips:
+                    if weight == 0:
+                        continue
+                    b = scaled.copy()
+                    if flip:
+                        b[:, [0, 2]] = new_w - scaled[:, [2, 0]]
+                    per_class, background = counter.count(padded, (new_h, new_w), torch.from_numpy(b),
+                                                          torch.from_numpy(labels))
+                    w = weight / len(min_sizes)
+                    fg += w * per_class
+                    bg += w * background
+    return {"foreground_per_class": fg, "background": bg, "images": images, "empty_images": empty}
+
+
+def _all_reduce(counts: dict) -> dict:
+    if not (dist.is_available() and dist.is_initialized()):
+        return counts
+    flat = torch.tensor([*counts["foreground_per_class"], counts["background"], counts["images"],
+                         counts["empty_images"]], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        flat = flat.cuda()
+    dist.all_reduce(flat)
+    flat = flat.cpu().numpy()
+    c = len(counts["foreground_per_class"])
+    return {"foreground_per_class": flat[:c], "background": float(flat[c]), "images": int(flat[c + 1]),
+            "empty_images": int(flat[c + 2])}
+
+
+def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
+    """π and everything behind it, from the cache when the same setting was counted before."""
+    counter = model.prior_counter()
+    depends_on = {
+        "version": CACHE_VERSION,
+        "detector": cfg.MODEL.META_ARCHITECTURE,
+        "rule": counter.describe(),
+        "datasets": [{"name": d.name, "annotations_sha256": _file_digest(d.ann_file)} for d in datasets],
+        "min_sizes": list(cfg.INPUT.MIN_SIZE_TRAIN), "max_size": cfg.INPUT.MAX_SIZE_TRAIN,
+        "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY, "hflip_prob": cfg.INPUT.HFLIP_PROB,
+    }
+    key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:20]
+    cache_file = cache_dir(cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR) / f"{key}.json"
+    if cache_file.exists():
+        result = json.loads(cache_file.read_text())
+        result["source"] = f"cache {cache_file}"
+        return result
+
+    start = time.perf_counter()
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    counts = _all_reduce(count_dataset(
+        datasets, counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+        size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB, rank=rank, world_size=world))
+    num_fg = float(counts["foreground_per_class"].sum())
+    prior = prior_from_counts(num_fg, counts["background"], counter.num_classes)
+    names = class_names or [str(i + 1) for i in range(counter.num_classes)]
+    result = {
+        "prior": prior,
+        "bias": optimal_bias(prior),
+        "score_threshold": adaptive_score_threshold(prior, counter.num_classes),
+        "num_classes": counter.num_classes,
+        "num_foreground": num_fg,
+        "num_background": counts["background"],
+        "foreground_fraction": num_fg / (num_fg + counts["background"]),
+        "foreground_per_class": dict(zip(names, counts["foreground_per_class"].tolist())),
+        "images": counts["images"],
+        "images_without_objects": counts["empty_images"],
+        "seconds": round(time.perf_counter() - start, 3),
+        "depends_on": depends_on,
+        "cache_key": key,
+    }
+    if rank == 0:
+        write_json_atomic(cache_file, result)
+    result["source"] = "estimated"
+    return result
+
+
+def config_prior(value: float, num_classes: int) -> dict:
+    return {"prior": value, "bias": optimal_bias(value), "score_threshold": adaptive_score_threshold(value, num_classes),
+            "num_classes": num_classes, "source": "config MODEL.SAMPLING_FREE.PRIOR"}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
