@@ -121,6 +121,8 @@ def _flatten(tree: Any, prefix: str, source: str) -> dict[str, Any]:
 
 def parse_override_value(text: str) -> Any:
     """Command-line values are Python/YAML literals (``"('a', 'b')"``, ``1e-4``, ``True``, ``null``); else strings."""
+    if not text.strip():
+        return text
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -135,8 +135,8 @@ def _train_loop(cfg, model, optimizer, scheduler, datasets, device, out_dir, sta
                 scheduler.step()
                 done = iteration + 1
                 for name, value in losses.items():
-                    window[name] = window.get(name, 0.0) + float(value)
-                window["loss"] = window.get("loss", 0.0) + float(total)
+                    window[name] = window.get(name, 0.0) + float(value.detach())
+                window["loss"] = window.get("loss", 0.0) + float(total.detach())
                 window_n += 1
                 bar.update(1)
                 if done % s.LOG_PERIOD == 0 or done == s.MAX_ITER:

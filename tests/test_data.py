@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from sampling_free.data import shapes
+from sampling_free.data.catalog import resolve
+from sampling_free.data.coco import COCODetection, DatasetError
+from sampling_free.data.samplers import GroupedBatchStream
+
+
+def test_shapes_is_deterministic_by_seed(tmp_path):
+    a, b, c = (shapes.write_split(tmp_path / name, "val", 4, seed=seed) for name, seed in
+               (("a", 0), ("b", 0), ("c", 1)))
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
+    assert json.loads(a.read_text())["annotations"] != json.loads(c.read_text())["annotations"]
+    img_a, _ = shapes.render_image(0, "val", 2)
+    img_b, _ = shapes.render_image(0, "val", 2)
+    assert np.array_equal(np.asarray(img_a), np.asarray(img_b))
+
+
+def test_shapes_has_the_promised_structure(tiny_shapes):
+    data = json.loads((tiny_shapes / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in data["categories"]] == list(shapes.CLASSES)
+    assert all(len(a["segmentation"]["counts"]) > 0 for a in data["annotations"])
+    # large-sample properties come from the generator itself: long tail, tiny to large objects, empty images
+    objects = [o for i in range(200) for o in shapes.render_image(0, "train", i)[1]]
+    counts = np.bincount([o["label"] for o in objects], minlength=len(shapes.CLASSES))
+    assert counts[0] > 3 * counts[-1]
+    sides = np.sqrt([o["mask"].sum() for o in objects])
+    assert sides.min() < 8 and sides.max() > 100
+    empty = sum(len(shapes.render_image(0, "train", i)[1]) == 0 for i in range(200))
+    assert 2 <= empty <= 25
+
+
+def test_round_trip_boxes_are_the_mask_extents(tiny_shapes):
+    ds = COCODetection(tiny_shapes / "annotations" / "instances_train.json", tiny_shapes / "train", training=True,
+                       with_masks=True)
+    assert ds.num_classes == 6 and len(ds) == 16
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape[1:] == ds.image_size(i) and image.dtype == torch.float32
+        for box, mask in zip(target["boxes"], target["masks"]):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert ((target["labels"] >= 1) & (target["labels"] <= 6)).all()
+
+
+def test_hflip_mirrors_boxes_and_pixels(tiny_shapes):
+    ds = COCODetection(tiny_shapes / "annotations" / "instances_train.json", tiny_shapes / "train", training=True)
+    index = next(i for i in range(len(ds)) if len(ds.annotations(i)[0]))
+    (image, target), (flipped, ftarget) = ds[index], ds[(index, True)]
+    width = image.shape[-1]
+    assert torch.equal(flipped, image.flip(-1))
+    expected = target["boxes"].clone()
+    expected[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    assert torch.equal(ftarget["boxes"], expected)
+
+
+def _write_coco(tmp_path, images, annotations, categories=({"id": 3, "name": "a"}, {"id": 7, "name": "b"})):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}))
+    return path
+
+
+def test_crowd_and_degenerate_boxes_are_dropped_in_training_empty_images_kept(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 40},
+              {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 5, 5], "iscrowd": 0, "area": 25},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 50, 40], "iscrowd": 1, "area": 2000},
+            {"id": 3, "image_id": 1, "category_id": 3, "bbox": [60, 10, 5, 5], "iscrowd": 0, "area": 25},
+            {"id": 4, "image_id": 1, "category_id": 3, "bbox": [45, 30, 20, 20], "iscrowd": 0, "area": 400}]
+    ds = COCODetection(_write_coco(tmp_path, images, anns), tmp_path / "img", training=True)
+    boxes, labels = ds.annotations(0)
+    assert boxes.tolist() == [[10, 10, 15, 15], [45, 30, 50, 40]]  # crowd gone, outside dropped, overhang clipped
+    assert labels.tolist() == [2, 1]  # category 7 -> label 2, category 3 -> label 1
+    assert len(ds) == 2 and len(ds.annotations(1)[0]) == 0
+
+
+def test_unknown_category_names_file_and_annotation(tmp_path):
+    images = [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 40}]
+    anns = [{"id": 99, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5], "iscrowd": 0, "area": 25}]
+    with pytest.raises(DatasetError, match=r"ann.json: annotation id 99 has unknown category_id 5"):
+        COCODetection(_write_coco(tmp_path, images, anns), tmp_path / "img", training=True)
+
+
+def test_missing_image_names_the_file(tmp_path):
+    images = [{"id": 1, "file_name": "gone.jpg", "width": 50, "height": 40}]
+    ds = COCODetection(_write_coco(tmp_path, images, []), tmp_path / "img", training=False)
+    with pytest.raises(DatasetError, match=r"gone.jpg: cannot read image"):
+        ds[0]
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann.json").write_text('{"images": [')
+    with pytest.raises(DatasetError, match=r"ann.json: not a valid COCO annotation file"):
+        COCODetection(tmp_path / "ann.json", tmp_path / "img", training=True)
+
+
+def test_catalog(tmp_path):
+    spec = resolve("coco:/x/a.json:/x/imgs")
+    assert str(spec.ann_file) == "/x/a.json" and str(spec.image_dir) == "/x/imgs"
+    with pytest.raises(ValueError, match="did you mean 'coco_2017_val'"):
+        resolve("coco_2017_vall", tmp_path)
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json not found"):
+        resolve("coco_2017_train", tmp_path)
+
+
+def _take(stream, n):
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_batch_stream_is_resumable_and_shards_into_the_same_global_batches():
+    groups = [0, 1] * 10 + [1] * 5
+    kw = dict(seed=3, hflip_prob=0.5, num_sizes=2)
+    full = _take(GroupedBatchStream(groups, 4, **kw), 30)
+    assert _take(GroupedBatchStream(groups, 4, start_iter=12, **kw), 18) == full[12:]
+    ranks = [_take(GroupedBatchStream(groups, 4, rank=r, world_size=2, **kw), 30) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == full
+    for batch in full:  # aspect grouping: one orientation per batch
+        assert len({groups[i] for i, _, _ in batch}) == 1
+    flips = [f for batch in full for _, f, _ in batch]
+    assert 0.3 < sum(flips) / len(flips) < 0.7
+    assert _take(GroupedBatchStream(groups, 4, seed=4, hflip_prob=0.5, num_sizes=2), 30) != full

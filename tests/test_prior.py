@@ -1,0 +1,124 @@
+"""Prior counting on hand-built cases (spec §14.7 d) and the resize rule it relies on."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from sampling_free.modeling.common import AnchorPriorCounter, DetectionTransform
+from sampling_free.prior import count_dataset, padded_size, resized_size
+
+
+class GridBackbone(torch.nn.Module):
+    """One feature level at stride 16, like a real backbone's shape behaviour and nothing else."""
+
+    def forward(self, x):
+        return OrderedDict(p=torch.zeros(x.shape[0], 1, x.shape[-2] // 16, x.shape[-1] // 16))
+
+
+def make_counter(num_classes=3):
+    # 64x64 input -> 4x4 grid, one 16x16 anchor per cell centred at (16j, 16i): anchor (i, j) = [16j-8, 16i-8, ...]
+    return AnchorPriorCounter(backbone=GridBackbone(), anchor_generator=AnchorGenerator(((16,),), ((1.0,),)),
+                              matcher=det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True),
+                              num_classes=num_classes)
+
+
+# A = [8,8,24,24] (class 1) is exactly anchor (1,1): IoU 1 -> foreground.
+# D = [8,24,38,40] (class 2, 30x16): anchor (2,1) IoU 256/480 = 0.533 -> foreground;
+#     anchor (2,2) = [24,24,40,40] IoU 224/512 = 0.4375 -> in [0.4, 0.5): ignored.
+# B = [44,2,56,12] (class 3, 12x10): best anchor (0,3) = [40,-8,56,8] IoU 72/304 = 0.237 < 0.4, so it is
+#     foreground only as B's low-quality best match; anchor (1,3) IoU 48/328 = 0.146 -> background.
+# 16 anchors: 3 foreground (one per class), 1 ignored, 12 background.
+BOXES = torch.tensor([[8.0, 8, 24, 24], [8, 24, 38, 40], [44, 2, 56, 12]])
+LABELS = torch.tensor([1, 2, 3])
+
+
+def test_anchors_are_the_hand_built_grid():
+    anchors = make_counter().anchors((64, 64))
+    assert anchors.shape == (16, 4)
+    assert anchors[5].tolist() == [8.0, 8.0, 24.0, 24.0]  # (1, 1)
+    assert anchors[3].tolist() == [40.0, -8.0, 56.0, 8.0]  # (0, 3)
+
+
+def test_hand_counted_foreground_background_with_low_quality_and_ignored():
+    per_class, background = make_counter().count((64, 64), (64, 64), BOXES, LABELS)
+    assert per_class.tolist() == [1.0, 1.0, 1.0]
+    assert background == 12.0
+
+
+def test_without_low_quality_matches_the_small_box_has_no_anchor():
+    counter = make_counter()
+    counter.matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=False)
+    per_class, background = counter.count((64, 64), (64, 64), BOXES, LABELS)
+    assert per_class.tolist() == [1.0, 1.0, 0.0]
+    assert background == 13.0
+
+
+def test_image_without_objects_is_all_background():
+    per_class, background = make_counter().count((64, 64), (64, 64), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert per_class.tolist() == [0.0, 0.0, 0.0] and background == 16.0
+
+
+class StubDataset:
+    name = "stub"
+
+    def __init__(self, records):
+        self.records = records
+
+    def __len__(self):
+        return len(self.records)
+
+    def image_size(self, i):
+        return self.records[i][0]
+
+    def annotations(self, i):
+        return self.records[i][1].numpy(), self.records[i][2].numpy()
+
+
+def test_count_dataset_sums_images_and_weights_flips():
+    # The horizontally flipped image (x -> 64 - x) hand-counts the same: A' = [40,8,56,24] is anchor (1,3);
+    # D' = [26,24,56,40] has (2,3) at 0.533 and (2,2) at 0.4375; B' = [8,2,20,12] low-quality-matches (0,1).
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    ds = StubDataset([((64, 64), BOXES, LABELS), ((64, 64), *empty)])
+    for hflip_prob in (0.0, 0.5, 1.0):
+        counts = count_dataset([ds], make_counter(), min_sizes=[64], max_size=64, size_divisibility=32,
+                               hflip_prob=hflip_prob)
+        assert counts["foreground_per_class"].tolist() == [1.0, 1.0, 1.0]
+        assert counts["background"] == 12.0 + 16.0
+        assert counts["images"] == 2 and counts["empty_images"] == 1
+
+
+def test_count_dataset_shards_add_up():
+    ds = StubDataset([((64, 64), BOXES, LABELS)] * 3)
+    kwargs = dict(min_sizes=[64], max_size=64, size_divisibility=32, hflip_prob=0.5)
+    whole = count_dataset([ds], make_counter(), **kwargs)
+    shards = [count_dataset([ds], make_counter(), rank=r, world_size=2, **kwargs) for r in range(2)]
+    assert shards[0]["images"] + shards[1]["images"] == 3
+    assert np.allclose(shards[0]["foreground_per_class"] + shards[1]["foreground_per_class"],
+                       whole["foreground_per_class"])
+
+
+@pytest.mark.parametrize("hw,min_size,max_size", [((480, 640), 800, 1333), ((333, 1000), 800, 1333),
+                                                   ((217, 163), 160, 256), ((100, 301), 128, 200)])
+def test_resize_rule_matches_torchvision_transform(hw, min_size, max_size):
+    t = DetectionTransform(train_sizes=[min_size], train_max_size=max_size, test_size=min_size,
+                           test_max_size=max_size, image_mean=[0, 0, 0], image_std=[1, 1, 1], size_divisible=32)
+    t.train()
+    images, _ = t([torch.zeros(3, *hw)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert tuple(images.image_sizes[0]) == resized_size(*hw, min_size, max_size)
+    assert tuple(images.tensors.shape[-2:]) == padded_size(*resized_size(*hw, min_size, max_size), 32)
+
+
+def test_sampler_chosen_size_is_used_by_the_transform():
+    t = DetectionTransform(train_sizes=[100, 200], train_max_size=1000, test_size=150, test_max_size=1000,
+                           image_mean=[0, 0, 0], image_std=[1, 1, 1], size_divisible=1)
+    t.train()
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1]), "min_size": 200}
+    images, targets = t([torch.zeros(3, 50, 80)], [target])
+    assert tuple(images.image_sizes[0]) == (200, 320)
+    assert targets[0]["boxes"].tolist() == [[0.0, 0.0, 40.0, 40.0]]
+    t.eval()
+    images, _ = t([torch.zeros(3, 50, 80)])
+    assert tuple(images.image_sizes[0]) == (150, 240)

@@ -1,0 +1,144 @@
+"""RetinaNet's losses, bias and thresholds against computations written out by hand."""
+import math
+
+import pytest
+import torch
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from sampling_free.config import load_config
+from sampling_free.modeling import build_model
+from sampling_free.modeling.common import Switches
+from sampling_free.modeling.retinanet import RetinaNetLoss
+
+# Same hand-built case as tests/test_prior.py: 4x4 grid of 16x16 anchors on a 64x64 image.
+BOXES = torch.tensor([[8.0, 8, 24, 24], [8, 24, 38, 40], [44, 2, 56, 12]])
+LABELS = torch.tensor([1, 2, 3])
+FOREGROUND = {5: 0, 9: 1, 3: 2}  # anchor index -> class column (box A, D, B)
+IGNORED = 10
+
+
+def anchors():
+    gen = AnchorGenerator(((16,),), ((1.0,),))
+    return gen(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), [torch.zeros(1, 1, 4, 4)])
+
+
+def make_loss(no_heuristic, guided=False, scale=1.0):
+    return RetinaNetLoss(switches=Switches(no_heuristic, False, guided, False, scale),
+                         matcher=det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True),
+                         box_coder=det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)),
+                         focal_alpha=0.25, focal_gamma=2.0, smooth_l1_beta=0.11)
+
+
+def hand_losses(logits, deltas, focal):
+    cls = 0.0
+    for a in range(16):
+        if a == IGNORED:
+            continue
+        for c in range(3):
+            y = 1.0 if FOREGROUND.get(a) == c else 0.0
+            p = 1 / (1 + math.exp(-logits[a, c].item()))
+            p_t = p if y else 1 - p
+            term = -math.log(p_t)
+            if focal:
+                term *= (0.25 if y else 0.75) * (1 - p_t) ** 2
+            cls += term
+    cls /= 3 + 1  # positives + images
+    anchor_boxes = anchors()[0]
+    reg = 0.0
+    for a, c in FOREGROUND.items():
+        ax1, ay1, ax2, ay2 = anchor_boxes[a].tolist()
+        gx1, gy1, gx2, gy2 = BOXES[c].tolist()
+        aw, ah, gw, gh = ax2 - ax1, ay2 - ay1, gx2 - gx1, gy2 - gy1
+        target = [10 * ((gx1 + gw / 2) - (ax1 + aw / 2)) / aw, 10 * ((gy1 + gh / 2) - (ay1 + ah / 2)) / ah,
+                  5 * math.log(gw / aw), 5 * math.log(gh / ah)]
+        for k in range(4):
+            d = abs(deltas[a, k].item() - target[k])
+            reg += 0.5 * d * d / 0.11 if d < 0.11 else d - 0.5 * 0.11
+    return cls, reg / (4 * 3)
+
+
+@pytest.mark.parametrize("no_heuristic", [False, True])
+def test_losses_match_hand_computation(no_heuristic):
+    logits, deltas = torch.randn(16, 3) * 2 - 3, torch.randn(16, 4) * 0.3
+    out = make_loss(no_heuristic)([{"boxes": BOXES, "labels": LABELS}],
+                                  {"cls_logits": logits[None], "bbox_regression": deltas[None]}, anchors())
+    cls, reg = hand_losses(logits, deltas, focal=not no_heuristic)
+    assert out["loss_retina_cls"].item() == pytest.approx(cls, rel=1e-5)
+    assert out["loss_retina_reg"].item() == pytest.approx(reg, rel=1e-5)
+
+
+def test_ignored_anchors_do_not_enter_the_bce():
+    logits, deltas = torch.randn(16, 3), torch.randn(16, 4)
+    loss = make_loss(True)
+    target = [{"boxes": BOXES, "labels": LABELS}]
+    before = loss(target, {"cls_logits": logits[None], "bbox_regression": deltas[None]}, anchors())
+    logits[IGNORED] = 50.0
+    after = loss(target, {"cls_logits": logits[None], "bbox_regression": deltas[None]}, anchors())
+    assert after["loss_retina_cls"].item() == before["loss_retina_cls"].item()
+    logits[0] = 50.0  # a background anchor does count
+    again = loss(target, {"cls_logits": logits[None], "bbox_regression": deltas[None]}, anchors())
+    assert again["loss_retina_cls"].item() > before["loss_retina_cls"].item() + 10
+
+
+def test_guided_loss_displays_regression_value_times_scale():
+    logits, deltas = torch.randn(16, 3, requires_grad=True), torch.randn(16, 4)
+    out = make_loss(True, guided=True, scale=2.0)([{"boxes": BOXES, "labels": LABELS}],
+                                                 {"cls_logits": logits[None], "bbox_regression": deltas[None]},
+                                                 anchors())
+    assert out["loss_retina_cls"].item() == pytest.approx(2 * out["loss_retina_reg"].item(), rel=1e-6)
+
+
+def test_batch_without_objects_gives_zero_connected_losses():
+    logits = torch.randn(1, 16, 3, requires_grad=True)
+    deltas = torch.randn(1, 16, 4, requires_grad=True)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    out = make_loss(True, guided=True)(empty, {"cls_logits": logits, "bbox_regression": deltas}, anchors())
+    assert out["loss_retina_cls"].item() == 0.0 and out["loss_retina_reg"].item() == 0.0
+    sum(out.values()).backward()
+    assert logits.grad is not None and deltas.grad is not None
+
+
+def small_model(sampling_free, **extra):
+    cfg = load_config(values={"MODEL.BACKBONE.NAME": "resnet18", "MODEL.FPN.OUT_CHANNELS": 32,
+                              "MODEL.RETINANET.NUM_CONVS": 1, "MODEL.SAMPLING_FREE_ON": sampling_free, **extra})
+    return build_model(cfg, 6)
+
+
+def test_bias_is_set_from_the_prior_only_when_enabled():
+    free, base = small_model(True), small_model(False)
+    for m in (free, base):
+        m.set_prior(1e-5)
+    assert torch.allclose(free.classification_bias, torch.full((free.classification_bias.numel(),), -11.5129),
+                          atol=1e-4)
+    assert torch.allclose(base.classification_bias, torch.full((base.classification_bias.numel(),),
+                                                               -math.log(99)), atol=1e-5)
+    ablation = small_model(True, **{"MODEL.SAMPLING_FREE.BIAS_INIT": False})
+    ablation.set_prior(1e-5)
+    assert ablation.classification_bias[0].item() == pytest.approx(-math.log(99), abs=1e-5)
+
+
+def test_test_thresholds_follow_the_prior():
+    free, base = small_model(True), small_model(False)
+    free.set_prior(1e-5)
+    base.set_prior(1e-5)
+    assert free.test_thresholds() == (pytest.approx(6e-5), 0.55)
+    assert base.test_thresholds() == (0.05, 0.5)
+    with pytest.raises(RuntimeError, match="prior"):
+        small_model(True).test_thresholds()
+
+
+def test_threshold_is_applied_in_postprocessing():
+    model = small_model(True)
+    model.set_prior(1e-3)  # threshold 6e-3
+    anchor_boxes = [torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])]
+    probs = torch.tensor([[0.003, 0.0, 0.0], [0.0, 0.02, 0.0], [0.0, 0.0, 0.3]])
+    logits = torch.logit(probs.clamp(min=1e-6))
+    outputs = {"cls_logits": [logits[None]], "bbox_regression": [torch.zeros(1, 3, 4)]}
+    det = model.postprocess_detections(outputs, [anchor_boxes], [(64, 64)])[0]
+    assert sorted(det["scores"].tolist()) == pytest.approx([0.02, 0.3])
+    assert sorted(det["labels"].tolist()) == [2, 3]  # labels are 1-based classes
+    baseline = small_model(False)
+    det = baseline.postprocess_detections(outputs, [anchor_boxes], [(64, 64)])[0]
+    assert det["scores"].tolist() == pytest.approx([0.3])

@@ -1,0 +1,64 @@
+"""A tiny run through the command line: train -> checkpoint -> resume -> eval, on a small copy of ``shapes``."""
+import json
+
+import pytest
+import yaml
+
+from sampling_free.cli import main
+
+
+def _args(overrides: dict) -> list[str]:
+    return [x for k, v in overrides.items() for x in (k, repr(v) if not isinstance(v, str) else v)]
+
+
+def _losses(run_dir):
+    return {r["iteration"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dataset_overrides, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    opts = {**tiny_dataset_overrides, "MODEL.SAMPLING_FREE_ON": True, "SOLVER.MAX_ITER": 4,
+            "SOLVER.CHECKPOINT_PERIOD": 2, "OUTPUT_DIR": str(out)}
+    assert main(["train", "--config-file", "configs/quickstart/retinanet_mobilenet_v2_shapes.yaml",
+                 *_args(opts)]) == 0
+    return out, opts
+
+
+def test_run_folder_holds_everything(full_run):
+    out, _ = full_run
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "prior.json", "model_0000002.pth", "model_final.pth",
+                 "last_checkpoint"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]["MAX_ITER"] == 4
+    prior = json.loads((out / "prior.json").read_text())
+    assert 0 < prior["prior"] < 0.05 and prior["num_classes"] == 6
+    assert prior["num_foreground"] > 0 and prior["num_background"] > 20 * prior["num_foreground"]
+    assert sorted(_losses(out)) == [1, 2, 3, 4]
+    (metrics_file,) = out.glob("inference/*/model_final/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert (metrics_file.parent / "bbox.json").is_file()
+
+
+def test_resume_continues_the_same_run(full_run, tmp_path):
+    full_out, opts = full_run
+    opts = {**opts, "OUTPUT_DIR": str(tmp_path)}
+    assert main(["train", "--skip-test", *_args({**opts, "SOLVER.MAX_ITER": 2})]) == 0
+    assert main(["train", "--skip-test", *_args(opts)]) == 0
+    assert "resumed from" in (tmp_path / "log.txt").read_text()
+    resumed, full = _losses(tmp_path), _losses(full_out)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for it in (3, 4):
+        assert resumed[it] == pytest.approx(full[it], rel=1e-4)
+
+
+def test_eval_by_iteration_numbers(full_run, capsys):
+    out, _ = full_run
+    assert main(["eval", "--config-file", str(out / "config.yaml"), "--iters", "0000002", "final"]) == 0
+    assert len(list(out.glob("inference/*/model_0000002/metrics.json"))) == 1
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["train", "SOLVER.MAX_ITR", "3"]) == 2
+    assert "did you mean 'SOLVER.MAX_ITER'" in capsys.readouterr().err
