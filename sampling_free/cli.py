@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -38,12 +39,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _split_trailing_overrides(values: list[str], opts: list[str]) -> tuple[list[str], list[str]]:
+    """``--weights a.pth b.pth SOLVER.X 1``: argparse gives all four to --weights; the first config key (an
+    upper-case dotted name) starts the overrides."""
+    for i, v in enumerate(values):
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*", v):
+            return values[:i], values[i:] + list(opts)
+    return values, list(opts)
+
+
 def cmd_eval(args) -> int:
     from .config import load_config
     from .engine.evaluator import evaluate_weights
     from .engine.runtime import resolve_device, setup_logging
     from .engine.trainer import default_output_dir
 
+    if args.weights:
+        args.weights, args.opts = _split_trailing_overrides(args.weights, args.opts)
+    else:
+        args.iters, args.opts = _split_trailing_overrides(args.iters, args.opts)
     if args.config_file is None and args.weights:
         run_config = Path(args.weights[0]).parent / "config.yaml"
         if not run_config.is_file():

@@ -2,14 +2,16 @@
 
 It exists so the whole pipeline (loaders, prior estimation, training, COCO evaluation) runs on a laptop CPU, on the
 same code path as COCO, with the imbalance that sampling heuristics exist for: most anchors are background,
-classes are long-tailed, objects run from a few pixels to most of the image, clutter that is no class sits on a
-textured background, objects overlap (instance masks are the visible parts), and some images hold no object.
+classes are long-tailed, objects run from a few pixels to most of the image, clutter that is no class (strokes,
+arcs, dots, and solid distractor shapes -- the hard negatives) sits on a textured background, objects overlap
+(instance masks are the visible parts), and some images hold no object.
 Everything is a pure function of (seed, split, image index): a given seed always yields the same annotations and
 pixels.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -20,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
-VERSION = 1
+logger = logging.getLogger(__name__)
+VERSION = 2
 CLASSES = ("circle", "rectangle", "triangle", "star", "ring", "cross")
 # Long tail: the most frequent class is ~7x the rarest.
 CLASS_FREQUENCY = (0.34, 0.24, 0.16, 0.12, 0.09, 0.05)
@@ -28,6 +31,7 @@ SPLITS = {"train": 1200, "val": 300}
 EMPTY_IMAGE_FRACTION = 0.05
 MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION = 8, 0.85
 MAX_HIDDEN_FRACTION = 0.5  # an object may be covered by later ones up to this share of its area
+DISTRACTORS = ("ellipse", "half_disc", "l_shape")  # solid shapes that are no class: hard negatives
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Generator) -> list:
@@ -54,6 +58,18 @@ def _shape_polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.
         return ring_points(3, lambda k: r, angle)
     if kind == "star":
         return ring_points(10, lambda k: r if k % 2 == 0 else r * 0.45, angle)
+    if kind == "ellipse":  # clearly elongated, so never a circle
+        aspect = rng.uniform(0.3, 0.55)
+        return [(cx + r * math.cos(t) * math.cos(angle) - r * aspect * math.sin(t) * math.sin(angle),
+                 cy + r * math.cos(t) * math.sin(angle) + r * aspect * math.sin(t) * math.cos(angle))
+                for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+    if kind == "half_disc":
+        return [(cx + r * math.cos(angle + t), cy + r * math.sin(angle + t)) for t in np.linspace(0, math.pi, 16)]
+    if kind == "l_shape":
+        t = size / 3
+        arms = [(-r, -r), (-r + t, -r), (-r + t, r - t), (r, r - t), (r, r), (-r, r)]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in arms]
     if kind == "cross":
         t = size / 6
         arms = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t),
@@ -116,6 +132,12 @@ def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
     base = _background(rng, height, width)
     image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     _draw_clutter(image, rng)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(0, 4)):
+        size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(0.5 * min(height, width))))
+        kind = DISTRACTORS[rng.integers(len(DISTRACTORS))]
+        draw.polygon(_shape_polygon(kind, rng.uniform(0, width), rng.uniform(0, height), size, rng),
+                     fill=tuple(int(c) for c in rng.integers(0, 256, size=3)))
     pixels = np.asarray(image, dtype=np.float32).copy()
 
     objects: list[dict] = []
@@ -198,7 +220,9 @@ def ensure_shapes(root: str | Path, *, seed: int = 0) -> Path:
         return target
     Path(root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
+    logger.info("generating the built-in shapes dataset (%s) in %s", SPLITS, target)
     try:
+        os.chmod(tmp, 0o755)
         write_dataset(tmp, seed=seed)
         (tmp / "GENERATED.json").write_text(json.dumps(stamp))
         if target.exists():

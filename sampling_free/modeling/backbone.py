@@ -96,7 +96,11 @@ def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int,
     else:
         raise ValueError(f"unknown backbone {name!r}")
     if weights:
-        missing, unexpected = trunk.load_state_dict(imagenet_state_dict(weights), strict=False)
+        try:
+            missing, unexpected = trunk.load_state_dict(imagenet_state_dict(weights), strict=False)
+        except RuntimeError as exc:  # tensor shapes differ
+            raise ValueError(f"MODEL.BACKBONE.WEIGHTS={weights!r} does not fit {name}: "
+                             f"{str(exc).splitlines()[1].strip()}") from None
         if missing or unexpected:
             raise ValueError(f"MODEL.BACKBONE.WEIGHTS={weights!r} does not fit {name}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
