@@ -45,12 +45,14 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet",)
+DETECTORS = ("RetinaNet", "GeneralizedRCNN")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
-        "META_ARCHITECTURE": _s("RetinaNet", "Detector family.", choices=DETECTORS),
+        "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, or GeneralizedRCNN (Faster R-CNN; Mask "
+                                "R-CNN with MASK_ON).", choices=DETECTORS),
+        "MASK_ON": _b(False, "GeneralizedRCNN: add the mask head (Mask R-CNN)."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector checkpoint to initialise from (ours). Empty: backbone weights only."),
         "NUM_CLASSES": _i(0, "Foreground classes. 0: taken from the first training dataset."),
@@ -69,6 +71,8 @@ SCHEMA: dict = {
                                      "fixed one. null: follow SAMPLING_FREE_ON.", nullable=True),
             "PRIOR": _f(None, "Use this pi instead of estimating it from the training annotations.", nullable=True),
             "NMS_THRESH": _f(0.55, "RetinaNet NMS IoU with the adaptive threshold (the original's 0.55)."),
+            "ROI_SCORE_THRESH": _f(1e-4, "R-CNN box-head test score threshold with ADAPTIVE_THRESHOLD on (the "
+                                   "original's fixed 1e-4)."),
             "PRIOR_CACHE_DIR": _s("", "Where estimated priors are cached. Empty: $SAMPLING_FREE_CACHE or "
                                   "~/.cache/sampling-free/priors."),
         },
@@ -106,6 +110,41 @@ SCHEMA: dict = {
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Baseline per-class NMS IoU at test time."),
             "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
+        },
+        "RPN": {
+            "FG_IOU_THRESHOLD": _f(0.7, "Anchors with IoU >= this are foreground (plus low-quality best matches)."),
+            "BG_IOU_THRESHOLD": _f(0.3, "Anchors with IoU < this are background."),
+            "BATCH_SIZE_PER_IMAGE": _i(256, "Baseline: anchors sampled per image."),
+            "POSITIVE_FRACTION": _f(0.5, "Baseline: at most this share of the sampled anchors is positive."),
+            "STRADDLE_THRESH": _f(0.0, "Anchors crossing the image border by more than this many pixels are "
+                                  "ignored (in the loss and the prior); -1 keeps all."),
+            "PRE_NMS_TOP_N_TRAIN": _i(2000, "Proposals per level before NMS, training."),
+            "PRE_NMS_TOP_N_TEST": _i(1000, "Proposals per level before NMS, test."),
+            "POST_NMS_TOP_N_TRAIN": _i(1000, "Proposals per image after NMS, training (the original: ~1000)."),
+            "POST_NMS_TOP_N_TEST": _i(1000, "Proposals per image after NMS, test."),
+            "NMS_THRESH": _f(0.7, "Proposal NMS IoU."),
+            "SMOOTH_L1_BETA": _f(1.0 / 9, "Proposal box smooth-L1 beta."),
+            "CLASSIFICATION_SCALE": _f(1.0, "Guided-scaling factor of the objectness loss."),
+        },
+        "ROI_HEADS": {
+            "FG_IOU_THRESHOLD": _f(0.5, "Proposals with IoU >= this are foreground."),
+            "BG_IOU_THRESHOLD": _f(0.5, "Proposals with IoU < this are background."),
+            "BATCH_SIZE_PER_IMAGE": _i(512, "Baseline: proposals sampled per image."),
+            "POSITIVE_FRACTION": _f(0.25, "Baseline: at most this share of the sampled proposals is positive."),
+            "BBOX_REG_WEIGHTS": _l([10.0, 10.0, 5.0, 5.0], "Box coder weights of the box head.", item="float"),
+            "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
+            "NMS_THRESH": _f(0.5, "Per-class NMS IoU at test time."),
+        },
+        "ROI_BOX_HEAD": {
+            "POOLER_RESOLUTION": _i(7, "RoIAlign output size."),
+            "POOLER_SAMPLING_RATIO": _i(2, "RoIAlign sampling ratio."),
+            "MLP_HEAD_DIM": _i(1024, "Width of the two fully connected layers."),
+            "SMOOTH_L1_BETA": _f(1.0, "Box smooth-L1 beta (maskrcnn-benchmark's 1)."),
+        },
+        "ROI_MASK_HEAD": {
+            "POOLER_RESOLUTION": _i(14, "RoIAlign output size."),
+            "POOLER_SAMPLING_RATIO": _i(2, "RoIAlign sampling ratio."),
+            "CONV_LAYERS": _l([256, 256, 256, 256], "Channels of the mask head's 3x3 convs.", item="int"),
         },
     },
     "INPUT": {

@@ -13,7 +13,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import CfgNode, save_config
 from ..data.build import build_datasets, build_train_loader
-from ..modeling import build_model, resolve_switches
+from ..modeling import build_model
 from ..prior import config_prior, estimate_prior, write_json_atomic
 from .checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from .evaluator import evaluate_checkpoint_model
@@ -63,11 +63,11 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
     save_config(cfg, out_dir / "config.yaml")
     device = resolve_device(cfg.MODEL.DEVICE)
     torch.manual_seed(cfg.SEED)
-    logger.info("training in %s on %s; sampling-free switches: %s", out_dir, device,
-                resolve_switches(cfg, default_scale=1.0))
+    logger.info("training in %s on %s", out_dir, device)
 
-    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)
+    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
     model, _ = prepare_model(cfg, datasets, out_dir)
+    logger.info("%s with %s", type(model).__name__, model.switches)
     model.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
@@ -136,6 +136,8 @@ def _train_loop(cfg, model, optimizer, scheduler, datasets, device, out_dir, sta
                 done = iteration + 1
                 for name, value in losses.items():
                     window[name] = window.get(name, 0.0) + float(value.detach())
+                for name, value in getattr(model, "training_stats", {}).items():
+                    window[name] = window.get(name, 0.0) + value
                 window["loss"] = window.get("loss", 0.0) + float(total.detach())
                 window_n += 1
                 bar.update(1)

@@ -106,16 +106,26 @@ class PriorBuffer(nn.Module):
         self.value.fill_(value)
 
 
+def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> torch.Tensor:
+    """Anchors that do not cross the image border by more than ``straddle_thresh`` (all if it is negative)."""
+    if straddle_thresh < 0:
+        return torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
+    h, w = image_size
+    t = straddle_thresh
+    return (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t) & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
+
+
 class AnchorPriorCounter:
     """The prior-counting rule of an anchor-based head: its anchors for a padded input, labelled by its matcher.
 
     Foreground = matched anchors (IoU >= high threshold, plus low-quality best matches when the matcher allows
-    them), background = IoU < low threshold; anchors in between are ignored, as in the loss."""
+    them), background = IoU < low threshold; anchors in between are ignored, as in the loss, and so are anchors
+    crossing the image border by more than ``straddle_thresh`` when it is >= 0 (the RPN's visibility rule)."""
 
     def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, matcher, num_classes: int,
-                 class_agnostic: bool = False):
+                 class_agnostic: bool = False, straddle_thresh: float = -1):
         self.backbone, self.anchor_generator, self.matcher = backbone, anchor_generator, matcher
-        self.num_classes, self.class_agnostic = num_classes, class_agnostic
+        self.num_classes, self.class_agnostic, self.straddle_thresh = num_classes, class_agnostic, straddle_thresh
         self._anchors: dict[tuple[int, int], torch.Tensor] = {}
 
     def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
@@ -129,6 +139,8 @@ class AnchorPriorCounter:
 
     def count(self, padded, image_size, boxes: torch.Tensor, labels: torch.Tensor):
         anchors = self.anchors(tuple(padded))
+        if self.straddle_thresh >= 0:
+            anchors = anchors[inside_image(anchors, image_size, self.straddle_thresh)]
         if boxes.numel() == 0:
             return np.zeros(self.num_classes), float(anchors.shape[0])
         matched = self.matcher(box_iou(boxes, anchors))
@@ -141,4 +153,5 @@ class AnchorPriorCounter:
         return {"anchor_sizes": [list(s) for s in self.anchor_generator.sizes],
                 "aspect_ratios": [list(r) for r in self.anchor_generator.aspect_ratios],
                 "fg_iou": self.matcher.high_threshold, "bg_iou": self.matcher.low_threshold,
-                "low_quality_matches": self.matcher.allow_low_quality_matches, "num_classes": self.num_classes}
+                "low_quality_matches": self.matcher.allow_low_quality_matches, "num_classes": self.num_classes,
+                "straddle_thresh": self.straddle_thresh}

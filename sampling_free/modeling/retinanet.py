@@ -41,6 +41,7 @@ class RetinaNetLoss(nn.Module):
         super().__init__()
         self.switches, self.matcher, self.box_coder = switches, matcher, box_coder
         self.focal_alpha, self.focal_gamma, self.smooth_l1_beta = focal_alpha, focal_gamma, smooth_l1_beta
+        self.last_stats: dict[str, float] = {}  # diagnostics of the latest batch, logged by the trainer
 
     def match(self, targets, anchors) -> list[torch.Tensor]:
         """Per image and anchor: index of the matched box, -1 background, -2 ignored (torchvision's Matcher)."""
@@ -77,8 +78,10 @@ class RetinaNetLoss(nn.Module):
                                         reduction="sum") / (4 * num_pos)
         else:  # connected to the graph so distributed gradient reduction still sees the head
             loss_reg = box_deltas.sum() * 0.0
+        self.last_stats = {"num_pos": float(num_pos), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
             loss_cls = guided_loss_scaling(loss_cls, loss_reg, self.switches.classification_scale)
+            self.last_stats["guided_ratio"] = float(loss_cls.detach() / max(self.last_stats["cls_unscaled"], 1e-12))
         return {"loss_retina_cls": loss_cls, "loss_retina_reg": loss_reg}
 
 
@@ -145,6 +148,10 @@ class SamplingFreeRetinaNet(RetinaNet):
         """The rule π is counted with: this model's anchors and matcher, per foreground class."""
         return AnchorPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
                                   matcher=self.proposal_matcher, num_classes=self.num_classes)
+
+    @property
+    def training_stats(self) -> dict[str, float]:
+        return self.loss.last_stats
 
     def compute_loss(self, targets, head_outputs, anchors):
         return self.loss(targets, head_outputs, anchors)

@@ -1,0 +1,228 @@
+"""Faster / Mask R-CNN, baseline or sampling-free: everything sampling-free changes in the R-CNNs is in this file.
+
+Composed explicitly from torchvision pieces (``RegionProposalNetwork``, ``RoIHeads``, ``GeneralizedRCNN``).
+
+RPN (``SamplingFreeRPN``):
+* baseline: 256 anchors per image at <= 50 % positives (torchvision's sampler); objectness BCE mean over them;
+  box smooth-L1 summed over sampled positives / #sampled;
+* sampling-free: **every** anchor with label >= 0 enters the objectness BCE; box loss = 0.5 * mean smooth-L1 over
+  the 4 * P coordinates of the positives; objectness loss guided-scaled to it (x ``MODEL.RPN.CLASSIFICATION_SCALE``);
+  objectness bias from π of the RPN's own matcher (class-agnostic, C = 1).
+* both: anchors crossing the image border by more than ``MODEL.RPN.STRADDLE_THRESH`` are ignored (-1 keeps all).
+
+RoI box head (``SamplingFreeRoIHeads``):
+* baseline: 512 proposals per image at <= 25 % positives; softmax CE mean; class-specific smooth-L1 summed over
+  positives / #sampled; test score threshold 0.05;
+* sampling-free: **every** proposal (plus the ground-truth boxes); CE mean guided-scaled to the box loss, which is
+  the mean smooth-L1 over the 4 * P coordinates, x ``MODEL.CLASSIFICATION_SCALE`` (default 2); test score
+  threshold ``MODEL.SAMPLING_FREE.ROI_SCORE_THRESH`` (1e-4). The softmax bias stays 0, as in the original.
+* mask head: loss unchanged, fed every positive RoI (the baseline's sampler keeps at most 128 per image).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from torchvision.ops import MultiScaleRoIAlign
+
+from ..mechanism import guided_loss_scaling, optimal_bias
+from .backbone import build_backbone
+from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+    inside_image, resolve_switches
+
+
+class SamplingFreeRPN(RegionProposalNetwork):
+    def __init__(self, *, switches: Switches, rpn_scale: float, straddle_thresh: float, smooth_l1_beta: float,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.switches, self.rpn_scale = switches, rpn_scale
+        self.straddle_thresh, self.smooth_l1_beta = straddle_thresh, smooth_l1_beta
+        self.last_stats: dict[str, float] = {}
+
+    def assign(self, anchors, targets, image_sizes):
+        """Per anchor: 1 foreground, 0 background, -1 ignored (between thresholds or outside the image)."""
+        labels, matched_boxes = [], []
+        for a, t, size in zip(anchors, targets, image_sizes):
+            if t["boxes"].numel() == 0:
+                label = torch.zeros(a.shape[0], device=a.device)
+                matched = torch.zeros_like(a)
+            else:
+                idx = self.proposal_matcher(self.box_similarity(t["boxes"], a))
+                matched = t["boxes"][idx.clamp(min=0)]
+                label = (idx >= 0).float()
+                label[idx == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1.0
+            label[~inside_image(a, size, self.straddle_thresh)] = -1.0
+            labels.append(label)
+            matched_boxes.append(matched)
+        return labels, matched_boxes
+
+    def loss(self, objectness, deltas, labels_per_image, regression_targets):
+        labels, regression_targets = torch.cat(labels_per_image), torch.cat(regression_targets)
+        objectness = objectness.flatten()
+        if self.switches.no_heuristic:
+            used = torch.where(labels >= 0)[0]
+        else:
+            pos, neg = self.fg_bg_sampler(labels_per_image)
+            used = torch.where(torch.cat(pos) | torch.cat(neg))[0]
+        positive = used[labels[used] == 1]
+        loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used])
+        if positive.numel() == 0:
+            loss_reg = deltas.sum() * 0.0
+        else:
+            loss_reg = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=self.smooth_l1_beta,
+                                        reduction="sum")
+            loss_reg = loss_reg / (4 * positive.numel()) * 0.5 if self.switches.no_heuristic else \
+                loss_reg / used.numel()
+        self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
+        if self.switches.guided_loss:
+            loss_obj = guided_loss_scaling(loss_obj, loss_reg, self.rpn_scale)
+        return loss_obj, loss_reg
+
+    def forward(self, images, features, targets=None):
+        features = list(features.values())
+        objectness, deltas = self.head(features)
+        anchors = self.anchor_generator(images, features)
+        num_anchors_per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        losses = {}
+        if self.training:
+            labels, matched = self.assign(anchors, targets, images.image_sizes)
+            regression_targets = self.box_coder.encode(matched, anchors)
+            loss_obj, loss_reg = self.loss(objectness, deltas, labels, regression_targets)
+            losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
+        return boxes, losses
+
+
+class SamplingFreeRoIHeads(RoIHeads):
+    def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float, **kwargs):
+        super().__init__(**kwargs)
+        self.switches, self.smooth_l1_beta = switches, smooth_l1_beta
+        self.baseline_score_thresh, self.free_score_thresh = self.score_thresh, free_score_thresh
+        self.last_stats: dict[str, float] = {}
+
+    def subsample(self, labels):
+        if self.switches.no_heuristic:  # every proposal (and GT box) with a label, i.e. all of them
+            return [torch.where(label >= 0)[0] for label in labels]
+        return super().subsample(labels)
+
+    def box_loss(self, class_logits, box_regression, labels, regression_targets):
+        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+        loss_cls = F.cross_entropy(class_logits, labels)
+        positive = torch.where(labels > 0)[0]
+        if positive.numel() == 0:
+            loss_reg = box_regression.sum() * 0.0
+        else:
+            per_class = box_regression.reshape(labels.numel(), -1, 4)[positive, labels[positive]]
+            loss_reg = F.smooth_l1_loss(per_class, regression_targets[positive], beta=self.smooth_l1_beta,
+                                        reduction="sum")
+            loss_reg = loss_reg / (4 * positive.numel()) if self.switches.no_heuristic else \
+                loss_reg / labels.numel()
+        self.last_stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive.numel())}
+        if self.switches.guided_loss:
+            loss_cls = guided_loss_scaling(loss_cls, loss_reg, self.switches.classification_scale)
+        return loss_cls, loss_reg
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training:
+            self.score_thresh = self.free_score_thresh if self.switches.adaptive_threshold else \
+                self.baseline_score_thresh
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_cls, loss_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
+        losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_reg}
+        if self.has_mask():
+            positive = [torch.where(label > 0)[0] for label in labels]
+            mask_proposals = [p[k] for p, k in zip(proposals, positive)]
+            if sum(len(p) for p in mask_proposals) == 0:
+                losses["loss_mask"] = sum(p.sum() for p in self.mask_predictor.parameters()) * 0.0
+            else:
+                mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals,
+                                                                                    image_shapes)))
+                losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                                                    [t["labels"] for t in targets],
+                                                    [m[k] for m, k in zip(matched_idxs, positive)])
+            self.last_stats["mask_rois"] = float(sum(len(p) for p in mask_proposals))
+        return [], losses
+
+
+class SamplingFreeRCNN(GeneralizedRCNN):
+    """torchvision's GeneralizedRCNN over the RPN and RoI heads above; labels are 1..C like the datasets."""
+
+    def __init__(self, backbone, rpn: SamplingFreeRPN, roi_heads: SamplingFreeRoIHeads, transform, *,
+                 num_classes: int, switches: Switches):
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.switches, self._num_classes = switches, num_classes
+        self.prior = PriorBuffer()
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def objectness_bias(self) -> torch.Tensor:
+        return self.rpn.head.cls_logits.bias
+
+    def set_prior(self, prior: float) -> None:
+        """Record the RPN's π; with ``bias_init`` on, also start the objectness bias there."""
+        self.prior.set(prior)
+        if self.switches.bias_init:
+            with torch.no_grad():
+                self.objectness_bias.fill_(optimal_bias(prior))
+
+    def prior_counter(self) -> AnchorPriorCounter:
+        """π of the RPN: its anchors (minus those straddling the border, as in its loss), its matcher, C = 1."""
+        return AnchorPriorCounter(backbone=self.backbone, anchor_generator=self.rpn.anchor_generator,
+                                  matcher=self.rpn.proposal_matcher, num_classes=1, class_agnostic=True,
+                                  straddle_thresh=self.rpn.straddle_thresh)
+
+    @property
+    def training_stats(self) -> dict[str, float]:
+        return {**self.rpn.last_stats, **self.roi_heads.last_stats}
+
+
+def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
+    m = cfg.MODEL
+    switches = resolve_switches(cfg, default_scale=2.0)
+    backbone = build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
+                              trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
+                              min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
+    anchor_generator = build_anchor_generator(cfg, len(backbone.level_strides))
+    r = m.RPN
+    rpn = SamplingFreeRPN(
+        switches=switches, rpn_scale=r.CLASSIFICATION_SCALE, straddle_thresh=r.STRADDLE_THRESH,
+        smooth_l1_beta=r.SMOOTH_L1_BETA, anchor_generator=anchor_generator,
+        head=RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+        fg_iou_thresh=r.FG_IOU_THRESHOLD, bg_iou_thresh=r.BG_IOU_THRESHOLD,
+        batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
+        pre_nms_top_n={"training": r.PRE_NMS_TOP_N_TRAIN, "testing": r.PRE_NMS_TOP_N_TEST},
+        post_nms_top_n={"training": r.POST_NMS_TOP_N_TRAIN, "testing": r.POST_NMS_TOP_N_TEST},
+        nms_thresh=r.NMS_THRESH)
+    names = [f"p{level}" for level in range(m.FPN.MIN_LEVEL, 6)]
+    h, b = m.ROI_HEADS, m.ROI_BOX_HEAD
+    box_pool = MultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
+    mask_kwargs = {}
+    if m.MASK_ON:
+        mh = m.ROI_MASK_HEAD
+        mask_kwargs = dict(mask_roi_pool=MultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
+                           mask_head=MaskRCNNHeads(backbone.out_channels, tuple(mh.CONV_LAYERS), 1),
+                           mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
+    roi_heads = SamplingFreeRoIHeads(
+        switches=switches, smooth_l1_beta=b.SMOOTH_L1_BETA, free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH,
+        box_roi_pool=box_pool,
+        box_head=TwoMLPHead(backbone.out_channels * b.POOLER_RESOLUTION**2, b.MLP_HEAD_DIM),
+        box_predictor=FastRCNNPredictor(b.MLP_HEAD_DIM, num_classes + 1),
+        fg_iou_thresh=h.FG_IOU_THRESHOLD, bg_iou_thresh=h.BG_IOU_THRESHOLD,
+        batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
+        bbox_reg_weights=tuple(h.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH, nms_thresh=h.NMS_THRESH,
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask_kwargs)
+    return SamplingFreeRCNN(backbone, rpn, roi_heads, build_transform(cfg), num_classes=num_classes,
+                            switches=switches)
+
