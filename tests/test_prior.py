@@ -122,3 +122,18 @@ def test_sampler_chosen_size_is_used_by_the_transform():
     t.eval()
     images, _ = t([torch.zeros(3, 50, 80)])
     assert tuple(images.image_sizes[0]) == (150, 240)
+
+
+def test_rpn_rule_class_agnostic_with_straddling_anchors_ignored():
+    # RPN thresholds 0.7 / 0.3 and the visibility rule (straddle 0): the 9 anchors with i, j >= 1 lie inside the
+    # 64x64 image. A -> (1,1) IoU 1: foreground. D: best anchor (2,1) at 0.533 is between the thresholds but is D's
+    # low-quality best match: foreground; (2,2) at 0.4375: ignored. B's best anchor (0,3) straddles the border, so it
+    # is dropped *after* matching (as the RPN loss does) and (1,3) at 0.146 stays background.
+    counter = AnchorPriorCounter(backbone=GridBackbone(), anchor_generator=AnchorGenerator(((16,),), ((1.0,),)),
+                                 matcher=det_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True), num_classes=1,
+                                 class_agnostic=True, straddle_thresh=0)
+    per_class, background = counter.count((64, 64), (64, 64), BOXES, LABELS)
+    assert per_class.tolist() == [2.0] and background == 6.0
+    # an empty image: every inside anchor is background
+    _, background = counter.count((64, 64), (64, 64), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert background == 9.0

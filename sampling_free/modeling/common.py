@@ -139,11 +139,11 @@ class AnchorPriorCounter:
 
     def count(self, padded, image_size, boxes: torch.Tensor, labels: torch.Tensor):
         anchors = self.anchors(tuple(padded))
-        if self.straddle_thresh >= 0:
-            anchors = anchors[inside_image(anchors, image_size, self.straddle_thresh)]
+        keep = inside_image(anchors, image_size, self.straddle_thresh)
         if boxes.numel() == 0:
-            return np.zeros(self.num_classes), float(anchors.shape[0])
-        matched = self.matcher(box_iou(boxes, anchors))
+            return np.zeros(self.num_classes), float(keep.sum())
+        # match against every anchor, then drop the straddling ones: exactly what the RPN loss does
+        matched = self.matcher(box_iou(boxes, anchors))[keep]
         fg = matched >= 0
         classes = torch.zeros_like(labels) if self.class_agnostic else labels - 1
         per_class = torch.bincount(classes[matched[fg]], minlength=self.num_classes)
