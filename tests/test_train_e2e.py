@@ -62,3 +62,23 @@ def test_eval_by_iteration_numbers(full_run, capsys):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["train", "SOLVER.MAX_ITR", "3"]) == 2
     assert "did you mean 'SOLVER.MAX_ITER'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mask_on", [False, True], ids=["faster_rcnn", "mask_rcnn"])
+def test_rcnn_trains_and_evaluates_boxes_and_masks(tiny_dataset_overrides, tmp_path, mask_on):
+    opts = {**tiny_dataset_overrides, "MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.MASK_ON": mask_on,
+            "MODEL.SAMPLING_FREE_ON": True, "MODEL.FPN.MIN_LEVEL": 2, "MODEL.FPN.TOP_BLOCK": "maxpool",
+            "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE": 1, "MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM": 64,
+            "MODEL.ROI_MASK_HEAD.CONV_LAYERS": [16, 16], "MODEL.RPN.POST_NMS_TOP_N_TRAIN": 200,
+            "MODEL.RPN.POST_NMS_TOP_N_TEST": 100, "SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 3,
+            "OUTPUT_DIR": str(tmp_path)}
+    assert main(["train", *_args(opts)]) == 0
+    prior = json.loads((tmp_path / "prior.json").read_text())
+    assert prior["num_classes"] == 1  # the RPN's class-agnostic objectness prior
+    (metrics_file,) = tmp_path.glob("inference/*/model_final/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert ("segm" in metrics) == mask_on
+    assert (metrics_file.parent / "segm.json").is_file() == mask_on
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_objectness", "loss_classifier", "rpn_samples", "roi_samples"} <= set(records[-1])
