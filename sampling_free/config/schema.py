@@ -45,13 +45,13 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
-        "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, or GeneralizedRCNN (Faster R-CNN; Mask "
-                                "R-CNN with MASK_ON).", choices=DETECTORS),
+        "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, or GeneralizedRCNN (Faster R-CNN; "
+                                "Mask R-CNN with MASK_ON).", choices=DETECTORS),
         "MASK_ON": _b(False, "GeneralizedRCNN: add the mask head (Mask R-CNN)."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector checkpoint to initialise from (ours). Empty: backbone weights only."),
@@ -110,6 +110,19 @@ SCHEMA: dict = {
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Baseline per-class NMS IoU at test time."),
             "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
+        },
+        "FCOS": {
+            "NUM_CONVS": _i(4, "3x3 conv layers (with GroupNorm) in each head tower."),
+            "CENTER_SAMPLING_RADIUS": _f(1.5, "A location is foreground only within this many strides of the box "
+                                         "centre."),
+            "PRIOR_PROB": _f(0.01, "Baseline classification-bias prior."),
+            "FOCAL_LOSS_ALPHA": _f(0.25, "Focal loss alpha (baseline)."),
+            "FOCAL_LOSS_GAMMA": _f(2.0, "Focal loss gamma (baseline)."),
+            "SCORE_THRESH": _f(0.05, "Baseline test threshold on the classification probability."),
+            "NMS_THRESH": _f(0.6, "Per-class NMS IoU at test time."),
+            "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
+            "GUIDED_TARGET": _s("giou", "Sampling-free: the regression side the classification loss is scaled to.",
+                                choices=("giou", "giou_centerness")),
         },
         "RPN": {
             "FG_IOU_THRESHOLD": _f(0.7, "Anchors with IoU >= this are foreground (plus low-quality best matches)."),

@@ -115,7 +115,31 @@ def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> t
     return (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t) & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
 
 
-class AnchorPriorCounter:
+class GridPriorCounter:
+    """Shared part of the prior-counting rules: the locations/anchors a detector has for a padded input."""
+
+    def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, num_classes: int):
+        self.backbone, self.anchor_generator, self.num_classes = backbone, anchor_generator, num_classes
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, list[int]]] = {}
+
+    def locations(self, padded: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+        """(anchors of the whole pyramid, number per level), cached per padded size."""
+        if padded not in self._cache:
+            with torch.no_grad():  # a zero-image batch gives every level's grid size at no cost
+                features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
+                grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
+                images = ImageList(torch.empty(1, 0, *padded), [padded])
+                anchors = self.anchor_generator(images, grids)[0]
+            per_level = [g.shape[-2] * g.shape[-1] * self.anchor_generator.num_anchors_per_location()[k]
+                         for k, g in enumerate(grids)]
+            self._cache[padded] = (anchors, per_level)
+        return self._cache[padded]
+
+    def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
+        return self.locations(padded)[0]
+
+
+class AnchorPriorCounter(GridPriorCounter):
     """The prior-counting rule of an anchor-based head: its anchors for a padded input, labelled by its matcher.
 
     Foreground = matched anchors (IoU >= high threshold, plus low-quality best matches when the matcher allows
@@ -124,18 +148,8 @@ class AnchorPriorCounter:
 
     def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, matcher, num_classes: int,
                  class_agnostic: bool = False, straddle_thresh: float = -1):
-        self.backbone, self.anchor_generator, self.matcher = backbone, anchor_generator, matcher
-        self.num_classes, self.class_agnostic, self.straddle_thresh = num_classes, class_agnostic, straddle_thresh
-        self._anchors: dict[tuple[int, int], torch.Tensor] = {}
-
-    def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
-        if padded not in self._anchors:
-            with torch.no_grad():  # a zero-image batch gives every level's grid size at no cost
-                features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
-                grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
-                images = ImageList(torch.empty(1, 0, *padded), [padded])
-                self._anchors[padded] = self.anchor_generator(images, grids)[0]
-        return self._anchors[padded]
+        super().__init__(backbone=backbone, anchor_generator=anchor_generator, num_classes=num_classes)
+        self.matcher, self.class_agnostic, self.straddle_thresh = matcher, class_agnostic, straddle_thresh
 
     def count(self, padded, image_size, boxes: torch.Tensor, labels: torch.Tensor):
         anchors = self.anchors(tuple(padded))

@@ -1,0 +1,117 @@
+"""Training-step time of our detectors (baseline and sampling-free) against plain torchvision, paired.
+
+For each round, every variant runs the same pre-loaded batches (forward + backward + SGD step) in turn, so slow
+drift of the machine affects all variants alike; the report is each variant's time relative to torchvision's in the
+same round (median and min-max over rounds).
+
+    python benchmarks/step_time.py --detector faster_rcnn --size 256 --batch 2 --rounds 5 --steps 4
+    python benchmarks/step_time.py --detector mask_rcnn
+    python benchmarks/step_time.py --detector retinanet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+
+from sampling_free.config import load_config
+from sampling_free.data.build import build_datasets, build_train_loader
+from sampling_free.modeling import build_model
+from sampling_free.modeling.backbone import build_backbone
+from sampling_free.modeling.common import build_anchor_generator
+
+CONFIGS = {"faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
+           "mask_rcnn": "configs/mask_rcnn/mask_rcnn_R_50_FPN_1x.yaml",
+           "retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml"}
+
+
+def torchvision_model(cfg, num_classes: int):
+    """Plain torchvision detector with the same backbone, anchors, sizes and sampling settings as ``cfg``."""
+    m = cfg.MODEL
+    backbone = build_backbone(name=m.BACKBONE.NAME, weights="", norm=m.BACKBONE.NORM,
+                              trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
+                              min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
+    anchors = build_anchor_generator(cfg, len(backbone.level_strides))
+    common = dict(min_size=cfg.INPUT.MIN_SIZE_TRAIN[0], max_size=cfg.INPUT.MAX_SIZE_TRAIN)
+    if m.META_ARCHITECTURE == "RetinaNet":
+        return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, **common)
+    r, h = m.RPN, m.ROI_HEADS
+    kwargs = dict(rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=r.PRE_NMS_TOP_N_TRAIN,
+                  rpn_post_nms_top_n_train=r.POST_NMS_TOP_N_TRAIN, rpn_batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
+                  box_batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, box_positive_fraction=h.POSITIVE_FRACTION,
+                  **common)
+    cls = MaskRCNN if m.MASK_ON else FasterRCNN
+    return cls(backbone, num_classes + 1, **kwargs)
+
+
+def time_steps(model, batches) -> float:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    start = time.perf_counter()
+    for images, targets in batches:
+        losses = model(list(images), [dict(t) for t in targets])
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--detector", choices=sorted(CONFIGS), default="faster_rcnn")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    overrides = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TRAIN": [args.size], "INPUT.MAX_SIZE_TRAIN": args.size,
+                 "DATASETS.TRAIN": ["shapes_train"], "SOLVER.IMS_PER_BATCH": args.batch,
+                 "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
+    cfg = load_config(CONFIGS[args.detector], values=overrides)
+    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
+    stream = iter(build_train_loader(cfg, datasets))
+    device = torch.device(args.device)
+    batches = []
+    for _ in range(args.steps + 1):
+        images, targets = next(stream)
+        batches.append(([im.to(device) for im in images],
+                        [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items() if k != "min_size"}
+                         for t in targets]))
+    num_classes = datasets[0].num_classes
+    variants = {}
+    for name, free in (("ours baseline", False), ("ours sampling-free", True)):
+        torch.manual_seed(0)
+        c = load_config(CONFIGS[args.detector], values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
+        model = build_model(c, num_classes).to(device)
+        model.set_prior(1e-3)
+        variants[name] = model
+    torch.manual_seed(0)
+    variants["torchvision"] = torchvision_model(cfg, num_classes).to(device)
+    times = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, model in variants.items():
+            time_steps(model, batches[:1])  # warm-up step, not timed
+            times[name].append(time_steps(model, batches[1:]))
+    report = {"detector": args.detector, "size": args.size, "batch": args.batch, "rounds": args.rounds,
+              "steps_per_round": args.steps, "machine": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
+    print(f"{args.detector} R-50-FPN, {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
+          f"{torch.get_num_threads()} threads")
+    print("| variant | s/iter (median) | ratio to torchvision (median, min-max) |\n|---|---|---|")
+    for name, values in times.items():
+        ratios = [v / t for v, t in zip(values, times["torchvision"])]
+        report["results"][name] = {"seconds": values, "ratio": ratios}
+        print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
