@@ -54,7 +54,8 @@ def _unknown(key: str, source: str) -> ConfigError:
 
 
 def _type_name(spec: Key) -> str:
-    name = f"list of {spec.item}s" if spec.kind == "list" else spec.kind
+    item = "lists of numbers" if spec.item == "list" else f"{spec.item}s"
+    name = f"list of {item}" if spec.kind == "list" else spec.kind
     return f"{name} or null" if spec.nullable else name
 
 
@@ -73,8 +74,9 @@ def _coerce_scalar(kind: str, value: Any) -> Any:
                 pass
     if kind == "str" and isinstance(value, str):
         return value
-    if kind == "list" and isinstance(value, (list, tuple)):
-        return [_coerce_scalar("int", v) for v in value]
+    if kind == "list" and isinstance(value, (list, tuple)):  # a list of numbers (anchor sizes, coder weights)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return list(value)
     raise TypeError
 
 

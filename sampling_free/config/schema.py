@@ -45,14 +45,14 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
-        "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, or GeneralizedRCNN (Faster R-CNN; "
-                                "Mask R-CNN with MASK_ON).", choices=DETECTORS),
-        "MASK_ON": _b(False, "GeneralizedRCNN: add the mask head (Mask R-CNN)."),
+        "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, GeneralizedRCNN (Faster R-CNN; "
+                                "Mask R-CNN with MASK_ON) or CascadeRCNN.", choices=DETECTORS),
+        "MASK_ON": _b(False, "GeneralizedRCNN / CascadeRCNN: add the mask head."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector checkpoint to initialise from (ours). Empty: backbone weights only."),
         "NUM_CLASSES": _i(0, "Foreground classes. 0: taken from the first training dataset."),
@@ -153,6 +153,12 @@ SCHEMA: dict = {
             "POOLER_SAMPLING_RATIO": _i(2, "RoIAlign sampling ratio."),
             "MLP_HEAD_DIM": _i(1024, "Width of the two fully connected layers."),
             "SMOOTH_L1_BETA": _f(1.0, "Box smooth-L1 beta (maskrcnn-benchmark's 1)."),
+        },
+        "CASCADE": {
+            "IOUS": _l([0.5, 0.6, 0.7], "Foreground IoU threshold of each stage.", item="float"),
+            "BBOX_REG_WEIGHTS": _l([[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0], [30.0, 30.0, 15.0, 15.0]],
+                                   "Box-coder weights of each stage.", item="list"),
+            "STAGE_LOSS_WEIGHTS": _l([1.0, 0.5, 0.25], "Loss weight of each stage.", item="float"),
         },
         "ROI_MASK_HEAD": {
             "POOLER_RESOLUTION": _i(14, "RoIAlign output size."),

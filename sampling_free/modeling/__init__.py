@@ -4,11 +4,12 @@ from __future__ import annotations
 from torch import nn
 
 from .common import Switches, resolve_switches
+from .cascade import CascadeRoIHeads, build_cascade_rcnn
 from .fcos import SamplingFreeFCOS, build_fcos
 from .rcnn import SamplingFreeRCNN, build_rcnn
 from .retinanet import SamplingFreeRetinaNet, build_retinanet
 
-__all__ = ["build_model", "SamplingFreeFCOS", "SamplingFreeRCNN", "SamplingFreeRetinaNet", "Switches", "resolve_switches"]
+__all__ = ["build_model", "CascadeRoIHeads", "SamplingFreeFCOS", "SamplingFreeRCNN", "SamplingFreeRetinaNet", "Switches", "resolve_switches"]
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
@@ -18,6 +19,8 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         return build_retinanet(cfg, num_classes)
     if arch == "FCOS":
         return build_fcos(cfg, num_classes)
+    if arch == "CascadeRCNN":
+        return build_cascade_rcnn(cfg, num_classes)
     if arch == "GeneralizedRCNN":
         return build_rcnn(cfg, num_classes)
     raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r} is not implemented")

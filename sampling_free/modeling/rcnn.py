@@ -99,6 +99,23 @@ class SamplingFreeRPN(RegionProposalNetwork):
         return boxes, losses
 
 
+def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, switches: Switches, beta: float):
+    """Softmax CE over every RoI given; smooth-L1 over the positives' deltas (already selected: class-specific or
+    class-agnostic). Baseline: box loss summed / #RoIs; sampling-free: mean over the 4 * P coordinates, and the CE
+    guided-scaled to it. Returns (loss_cls, loss_reg, stats)."""
+    loss_cls = F.cross_entropy(class_logits, labels)
+    num_pos = positive_deltas.shape[0]
+    if num_pos == 0:
+        loss_reg = positive_deltas.sum() * 0.0  # zero, but connected to the box layer (DDP)
+    else:
+        loss_reg = F.smooth_l1_loss(positive_deltas, positive_targets, beta=beta, reduction="sum")
+        loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / labels.numel()
+    stats = {"roi_samples": float(labels.numel()), "roi_pos": float(num_pos)}
+    if switches.guided_loss:
+        loss_cls = guided_loss_scaling(loss_cls, loss_reg, switches.classification_scale)
+    return loss_cls, loss_reg, stats
+
+
 class SamplingFreeRoIHeads(RoIHeads):
     def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float, **kwargs):
         super().__init__(**kwargs)
@@ -112,20 +129,12 @@ class SamplingFreeRoIHeads(RoIHeads):
         return super().subsample(labels)
 
     def box_loss(self, class_logits, box_regression, labels, regression_targets):
-        labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
-        loss_cls = F.cross_entropy(class_logits, labels)
+        labels = torch.cat(labels)
         positive = torch.where(labels > 0)[0]
-        if positive.numel() == 0:
-            loss_reg = box_regression.sum() * 0.0
-        else:
-            per_class = box_regression.reshape(labels.numel(), -1, 4)[positive, labels[positive]]
-            loss_reg = F.smooth_l1_loss(per_class, regression_targets[positive], beta=self.smooth_l1_beta,
-                                        reduction="sum")
-            loss_reg = loss_reg / (4 * positive.numel()) if self.switches.no_heuristic else \
-                loss_reg / labels.numel()
-        self.last_stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive.numel())}
-        if self.switches.guided_loss:
-            loss_cls = guided_loss_scaling(loss_cls, loss_reg, self.switches.classification_scale)
+        per_class = box_regression.reshape(labels.numel(), -1, 4)[positive, labels[positive]]
+        loss_cls, loss_reg, self.last_stats = rcnn_box_loss(
+            class_logits, per_class, labels, torch.cat(regression_targets)[positive], switches=self.switches,
+            beta=self.smooth_l1_beta)
         return loss_cls, loss_reg
 
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -188,9 +197,9 @@ class SamplingFreeRCNN(GeneralizedRCNN):
         return {**self.rpn.last_stats, **self.roi_heads.last_stats}
 
 
-def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
+def build_backbone_and_rpn(cfg, switches: Switches):
+    """The parts every two-stage detector shares: backbone + FPN, the RPN, and the FPN level names for RoIAlign."""
     m = cfg.MODEL
-    switches = resolve_switches(cfg, default_scale=2.0)
     backbone = build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
                               trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
                               min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
@@ -205,7 +214,13 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         pre_nms_top_n={"training": r.PRE_NMS_TOP_N_TRAIN, "testing": r.PRE_NMS_TOP_N_TEST},
         post_nms_top_n={"training": r.POST_NMS_TOP_N_TRAIN, "testing": r.POST_NMS_TOP_N_TEST},
         nms_thresh=r.NMS_THRESH)
-    names = [f"p{level}" for level in range(m.FPN.MIN_LEVEL, 6)]
+    return backbone, rpn, [f"p{level}" for level in range(m.FPN.MIN_LEVEL, 6)]
+
+
+def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
+    m = cfg.MODEL
+    switches = resolve_switches(cfg, default_scale=2.0)
+    backbone, rpn, names = build_backbone_and_rpn(cfg, switches)
     h, b = m.ROI_HEADS, m.ROI_BOX_HEAD
     box_pool = MultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
     mask_kwargs = {}
@@ -225,4 +240,3 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask_kwargs)
     return SamplingFreeRCNN(backbone, rpn, roi_heads, build_transform(cfg), num_classes=num_classes,
                             switches=switches)
-

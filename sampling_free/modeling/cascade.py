@@ -1,0 +1,182 @@
+"""Cascade R-CNN (multi-stage), baseline or sampling-free, written on torchvision's RoI pieces.
+
+torchvision has no Cascade R-CNN. This is Cai & Vasconcelos' design: after the RPN, three box stages with IoU
+thresholds 0.5 / 0.6 / 0.7, each a 2-MLP head with class-agnostic box regression and its own box-coder weights
+((10,10,5,5), (20,20,10,10), (30,30,15,15)); stage k+1 trains and predicts on the boxes stage k refined; stage
+losses weigh 1 / 0.5 / 0.25; test scores are the mean of the stages' softmax scores, boxes the last stage's.
+Ground-truth boxes join every stage's input during training. An optional mask head (Cascade Mask R-CNN) trains on
+the last stage's positive RoIs and predicts on the final detections.
+
+Where sampling-free changes it: the baseline samples 512 RoIs per image at <= 25 % positives *at every stage*;
+sampling-free keeps every RoI at every stage and guided-scales each stage's classification loss to its own box
+loss (x ``MODEL.CLASSIFICATION_SCALE``), with the losses of ``rcnn.rcnn_box_loss``; test threshold 1e-4.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import boxes as box_ops
+
+from .common import Switches, build_transform, resolve_switches
+from .rcnn import SamplingFreeRCNN, build_backbone_and_rpn, rcnn_box_loss
+
+
+class CascadeStage(nn.Module):
+    """One stage: 2-MLP head, (C + 1)-way classifier, class-agnostic box regression, its matcher and box coder."""
+
+    def __init__(self, *, in_features: int, mlp_dim: int, num_classes: int, iou: float, weights):
+        super().__init__()
+        self.box_head = TwoMLPHead(in_features, mlp_dim)
+        self.cls_score = nn.Linear(mlp_dim, num_classes + 1)
+        self.bbox_pred = nn.Linear(mlp_dim, 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+        self.matcher = det_utils.Matcher(iou, iou, allow_low_quality_matches=False)
+        self.box_coder = det_utils.BoxCoder(tuple(weights))
+
+    def forward(self, pooled: torch.Tensor):
+        x = self.box_head(pooled)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class CascadeRoIHeads(nn.Module):
+    def __init__(self, *, box_roi_pool, stages: list[CascadeStage], switches: Switches, loss_weights,
+                 batch_size_per_image: int, positive_fraction: float, smooth_l1_beta: float, score_thresh: float,
+                 free_score_thresh: float, nms_thresh: float, detections_per_img: int, mask_roi_pool=None,
+                 mask_head=None, mask_predictor=None):
+        super().__init__()
+        self.box_roi_pool, self.stages = box_roi_pool, nn.ModuleList(stages)
+        self.switches, self.loss_weights, self.smooth_l1_beta = switches, list(loss_weights), smooth_l1_beta
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.baseline_score_thresh, self.free_score_thresh = score_thresh, free_score_thresh
+        self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
+        self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
+        self.last_stats: dict[str, float] = {}
+
+    @property
+    def score_thresh(self) -> float:
+        return self.free_score_thresh if self.switches.adaptive_threshold else self.baseline_score_thresh
+
+    def label(self, stage: CascadeStage, boxes, targets):
+        """Per image: matched GT index (clamped), class label (0 background) for ``stage``'s IoU threshold."""
+        matched, labels = [], []
+        for b, t in zip(boxes, targets):
+            if t["boxes"].numel() == 0:
+                matched.append(torch.zeros(b.shape[0], dtype=torch.int64, device=b.device))
+                labels.append(torch.zeros(b.shape[0], dtype=torch.int64, device=b.device))
+                continue
+            idx = stage.matcher(box_ops.box_iou(t["boxes"], b))
+            label = t["labels"][idx.clamp(min=0)].clone()
+            label[idx < 0] = 0
+            matched.append(idx.clamp(min=0))
+            labels.append(label)
+        return matched, labels
+
+    def refine(self, stage: CascadeStage, deltas, boxes, image_shapes):
+        per_image = [len(b) for b in boxes]
+        decoded = stage.box_coder.decode(deltas.detach(), boxes).reshape(-1, 4).split(per_image)
+        return [box_ops.clip_boxes_to_image(d, s) for d, s in zip(decoded, image_shapes)]
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            return [], self._train(features, proposals, image_shapes, targets)
+        return self._infer(features, proposals, image_shapes), {}
+
+    def _train(self, features, proposals, image_shapes, targets):
+        losses, stats, boxes = {}, {}, proposals
+        for k, (stage, weight) in enumerate(zip(self.stages, self.loss_weights)):
+            boxes = [torch.cat([b, t["boxes"].to(b.dtype)]) for b, t in zip(boxes, targets)]
+            matched, labels = self.label(stage, boxes, targets)
+            if not self.switches.no_heuristic:
+                pos, neg = self.sampler(labels)
+                keep = [torch.where(p | n)[0] for p, n in zip(pos, neg)]
+                boxes = [b[i] for b, i in zip(boxes, keep)]
+                matched = [m[i] for m, i in zip(matched, keep)]
+                labels = [lab[i] for lab, i in zip(labels, keep)]
+            logits, deltas = stage(self.box_roi_pool(features, boxes, image_shapes))
+            flat_labels = torch.cat(labels)
+            positive = torch.where(flat_labels > 0)[0]
+            gt = torch.cat([t["boxes"][m] if t["boxes"].numel() else torch.zeros(len(m), 4, device=m.device)
+                            for t, m in zip(targets, matched)])
+            reg_targets = stage.box_coder.encode_single(gt[positive], torch.cat(boxes)[positive])
+            loss_cls, loss_reg, stage_stats = rcnn_box_loss(logits, deltas[positive], flat_labels, reg_targets,
+                                                            switches=self.switches, beta=self.smooth_l1_beta)
+            losses[f"loss_cls_stage{k}"], losses[f"loss_box_reg_stage{k}"] = weight * loss_cls, weight * loss_reg
+            stats.update({f"{key}_stage{k}": value for key, value in stage_stats.items()})
+            if k + 1 < len(self.stages):
+                boxes = self.refine(stage, deltas, boxes, image_shapes)
+        if self.mask_head is not None:
+            positive = [torch.where(lab > 0)[0] for lab in labels]
+            mask_boxes = [b[p] for b, p in zip(boxes, positive)]
+            if sum(len(b) for b in mask_boxes) == 0:
+                losses["loss_mask"] = sum(p.sum() for p in self.mask_predictor.parameters()) * 0.0
+            else:
+                logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes)))
+                losses["loss_mask"] = maskrcnn_loss(logits, mask_boxes, [t["masks"] for t in targets],
+                                                    [t["labels"] for t in targets],
+                                                    [m[p] for m, p in zip(matched, positive)])
+            stats["mask_rois"] = float(sum(len(b) for b in mask_boxes))
+        self.last_stats = stats
+        return losses
+
+    @torch.no_grad()
+    def _infer(self, features, proposals, image_shapes):
+        boxes, probs = proposals, []
+        for k, stage in enumerate(self.stages):
+            logits, deltas = stage(self.box_roi_pool(features, boxes, image_shapes))
+            probs.append(F.softmax(logits, -1))
+            refined = self.refine(stage, deltas, boxes, image_shapes)
+            if k + 1 < len(self.stages):
+                boxes = refined
+        scores = torch.stack(probs).mean(0).split([len(b) for b in refined])
+        results = []
+        for b, s in zip(refined, scores):
+            classes = s.shape[1] - 1
+            cand_boxes = b[:, None, :].expand(-1, classes, 4).reshape(-1, 4)
+            cand_scores = s[:, 1:].reshape(-1)
+            cand_labels = torch.arange(1, classes + 1, device=b.device).repeat(len(b))
+            keep = torch.where(cand_scores > self.score_thresh)[0]
+            keep = keep[box_ops.remove_small_boxes(cand_boxes[keep], 1e-2)]
+            keep = keep[box_ops.batched_nms(cand_boxes[keep], cand_scores[keep], cand_labels[keep],
+                                            self.nms_thresh)][: self.detections_per_img]
+            results.append({"boxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": cand_labels[keep]})
+        if self.mask_head is not None:
+            mask_boxes = [r["boxes"] for r in results]
+            logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes)))
+            for r, m in zip(results, maskrcnn_inference(logits, [r["labels"] for r in results])):
+                r["masks"] = m
+        return results
+
+
+def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
+    """Backbone and RPN as Faster R-CNN's; the cascade instead of the single box head."""
+    m = cfg.MODEL
+    switches = resolve_switches(cfg, default_scale=2.0)
+    backbone, rpn, names = build_backbone_and_rpn(cfg, switches)
+    b, c, h = m.ROI_BOX_HEAD, m.CASCADE, m.ROI_HEADS
+    if not len(c.IOUS) == len(c.BBOX_REG_WEIGHTS) == len(c.STAGE_LOSS_WEIGHTS):
+        raise ValueError("MODEL.CASCADE.IOUS, BBOX_REG_WEIGHTS and STAGE_LOSS_WEIGHTS need one entry per stage")
+    channels = backbone.out_channels
+    stages = [CascadeStage(in_features=channels * b.POOLER_RESOLUTION**2, mlp_dim=b.MLP_HEAD_DIM,
+                           num_classes=num_classes, iou=iou, weights=w) for iou, w in zip(c.IOUS, c.BBOX_REG_WEIGHTS)]
+    mask = {}
+    if m.MASK_ON:
+        mh = m.ROI_MASK_HEAD
+        mask = dict(mask_roi_pool=MultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
+                    mask_head=MaskRCNNHeads(channels, tuple(mh.CONV_LAYERS), 1),
+                    mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
+    heads = CascadeRoIHeads(
+        box_roi_pool=MultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO), stages=stages,
+        switches=switches, loss_weights=c.STAGE_LOSS_WEIGHTS, batch_size_per_image=h.BATCH_SIZE_PER_IMAGE,
+        positive_fraction=h.POSITIVE_FRACTION, smooth_l1_beta=b.SMOOTH_L1_BETA, score_thresh=h.SCORE_THRESH,
+        free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH, nms_thresh=h.NMS_THRESH,
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask)
+    return SamplingFreeRCNN(backbone, rpn, heads, build_transform(cfg), num_classes=num_classes, switches=switches)
