@@ -98,9 +98,12 @@ def cmd_data(args) -> int:
     if args.name != "shapes":
         raise SystemExit(f"error: unknown built-in dataset {args.name!r} (only 'shapes')")
     splits = {"train": args.train_images, "val": args.val_images}
-    out = shapes.write_dataset(args.out, seed=args.seed, splits=splits)
+    out = shapes.write_dataset(args.out, seed=args.seed, splits=splits, layout=args.format)
     for split in splits:
-        print(f"{out / 'annotations' / f'instances_{split}.json'}  {out / split}")
+        if args.format == "voc":
+            print(f"voc:{out.resolve()}:{split}")
+        else:
+            print(f"{out / 'annotations' / f'instances_{split}.json'}  {out / split}")
     return 0
 
 
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-images", type=int, default=1200)
     p.add_argument("--val-images", type=int, default=300)
+    p.add_argument("--format", choices=["coco", "voc"], default="coco",
+                   help="COCO JSON + image folders, or the PASCAL VOC devkit layout (XML, ImageSets/Main)")
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -6,14 +6,19 @@ import torch
 from .catalog import resolve
 from .coco import COCODetection, DatasetError, collate
 from .samplers import GroupedBatchStream, aspect_groups
+from .voc import VOCDetection
 
 
-def build_datasets(names, cfg, *, training: bool, with_masks: bool = False) -> list[COCODetection]:
+def build_datasets(names, cfg, *, training: bool, with_masks: bool = False) -> list[COCODetection | VOCDetection]:
     datasets = []
     for name in names:
         spec = resolve(name, cfg.DATASETS.ROOT)
-        datasets.append(COCODetection(spec.ann_file, spec.image_dir, training=training, with_masks=with_masks,
-                                      name=name))
+        if spec.kind == "voc":
+            datasets.append(VOCDetection(spec.devkit_root, spec.split, training=training, with_masks=with_masks,
+                                         name=name))
+        else:
+            datasets.append(COCODetection(spec.ann_file, spec.image_dir, training=training, with_masks=with_masks,
+                                          name=name))
     first = datasets[0]
     for d in datasets[1:]:
         if d.class_names != first.class_names:

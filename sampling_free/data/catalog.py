@@ -1,4 +1,5 @@
-"""Dataset names -> files. Catalog names resolve under a datasets root; ``coco:<json>:<dir>`` names any folder."""
+"""Dataset names -> files. Catalog names resolve under a datasets root; ``coco:<json>:<dir>`` and
+``voc:<devkit root>:<split>`` name any folder."""
 from __future__ import annotations
 
 import os
@@ -15,13 +16,32 @@ COCO_CATALOG = {
     "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
 }
 SHAPES_SPLITS = {"shapes_train": "train", "shapes_val": "val"}
+# name -> (devkit root, split), relative to the datasets root.
+VOC_CATALOG = {
+    **{f"voc_2007_{s}": ("voc/VOC2007", s) for s in ("train", "val", "trainval", "test")},
+    **{f"voc_2012_{s}": ("voc/VOC2012", s) for s in ("train", "val", "trainval")},
+}
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """``kind`` "coco": an annotation JSON and its image folder. ``kind`` "voc": ``ann_file`` is the split list
+    ``<root>/ImageSets/Main/<split>.txt`` and ``image_dir`` is ``<root>/JPEGImages``."""
     name: str
     ann_file: Path
     image_dir: Path
+    kind: str = "coco"
+    split: str = ""
+
+    @property
+    def devkit_root(self) -> Path:
+        return self.image_dir.parent
+
+
+def voc_spec(name: str, root: str | Path, split: str) -> DatasetSpec:
+    root = Path(root)
+    return DatasetSpec(name, root / "ImageSets" / "Main" / f"{split}.txt", root / "JPEGImages", kind="voc",
+                       split=split)
 
 
 def datasets_root(configured: str = "") -> Path:
@@ -29,7 +49,7 @@ def datasets_root(configured: str = "") -> Path:
 
 
 def known_names() -> list[str]:
-    return sorted([*COCO_CATALOG, *SHAPES_SPLITS])
+    return sorted([*COCO_CATALOG, *SHAPES_SPLITS, *VOC_CATALOG])
 
 
 def resolve(name: str, root: str | Path = "") -> DatasetSpec:
@@ -40,6 +60,11 @@ def resolve(name: str, root: str | Path = "") -> DatasetSpec:
         if len(parts) != 3 or not parts[1] or not parts[2]:
             raise ValueError(f"dataset {name!r}: expected coco:<annotations.json>:<image folder>")
         return DatasetSpec(name, Path(parts[1]), Path(parts[2]))
+    if name.startswith("voc:"):
+        folder, _, split = name[len("voc:"):].rpartition(":")
+        if not folder or not split:
+            raise ValueError(f"dataset {name!r}: expected voc:<devkit root>:<split>, e.g. voc:/data/VOC2007:test")
+        return voc_spec(name, folder, split)
     if name in SHAPES_SPLITS:
         folder = shapes.ensure_shapes(root)
         split = SHAPES_SPLITS[name]
@@ -52,8 +77,18 @@ def resolve(name: str, root: str | Path = "") -> DatasetSpec:
                 f"dataset {name!r}: {spec.ann_file} not found. Put COCO under {root} (coco/annotations, "
                 f"coco/train2017, coco/val2017) or point ${ENV_ROOT} / DATASETS.ROOT at the folder that holds it")
         return spec
+    if name in VOC_CATALOG:
+        folder, split = VOC_CATALOG[name]
+        spec = voc_spec(name, root / folder, split)
+        if not spec.ann_file.exists():
+            raise FileNotFoundError(
+                f"dataset {name!r}: {spec.ann_file} not found. Put the VOC devkit folders under {root / 'voc'} "
+                f"(voc/VOC2007, voc/VOC2012, each with Annotations, ImageSets, JPEGImages) or point ${ENV_ROOT} / "
+                f"DATASETS.ROOT at the folder that holds voc/")
+        return spec
     import difflib
 
     near = difflib.get_close_matches(name, known_names(), n=1)
     hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise ValueError(f"unknown dataset {name!r}{hint} Known: {known_names()}, or coco:<annotations.json>:<images>")
+    raise ValueError(f"unknown dataset {name!r}{hint} Known: {known_names()}, or coco:<annotations.json>:<images>, "
+                     f"or voc:<devkit root>:<split>")

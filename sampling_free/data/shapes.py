@@ -1,7 +1,7 @@
 """``shapes``: the built-in, procedurally generated detection benchmark, written in real COCO format.
 
 It exists so the whole pipeline (loaders, prior estimation, training, COCO evaluation) runs on a laptop CPU, on the
-same code path as COCO, with the imbalance that sampling heuristics exist for: most anchors are background,
+same code path as COCO (or, with ``layout="voc"``, as PASCAL VOC), with the imbalance that sampling heuristics exist for: most anchors are background,
 classes are long-tailed, objects run from a few pixels to most of the image, clutter that is no class (strokes,
 arcs, dots, and solid distractor shapes -- the hard negatives) sits on a textured background, objects overlap
 (instance masks are the visible parts), and some images hold no object.
@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -171,12 +172,17 @@ def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
     return image, [o for o in objects if o["mask"].sum() >= 4]
 
 
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The continuous box (x0, y0, x1, y1) that covers the mask's pixels: pixel k spans [k, k + 1)."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
 def _annotation(obj: dict, image_id: int, ann_id: int) -> dict:
     mask = obj["mask"]
-    ys, xs = np.nonzero(mask)
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
-    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    x0, y0, x1, y1 = _mask_box(mask)
     return {"id": ann_id, "image_id": image_id, "category_id": obj["label"] + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
             "area": int(mask.sum()), "iscrowd": 0, "segmentation": rle}
 
@@ -205,9 +211,62 @@ def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int =
     return path
 
 
-def write_dataset(out_dir: str | Path, *, seed: int = 0, splits: dict[str, int] | None = None) -> Path:
+def _voc_xml(file_name: str, image: Image.Image, objects: list[dict]) -> ET.ElementTree:
+    """A devkit annotation: 1-based inclusive pixel coordinates, so the covering box [x0, x1) is x0 + 1 .. x1."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "shapes"
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for key, value in (("width", image.width), ("height", image.height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        x0, y0, x1, y1 = _mask_box(obj["mask"])
+        node = ET.SubElement(root, "object")
+        for key, value in (("name", CLASSES[obj["label"]]), ("pose", "Unspecified"), ("truncated", "0"),
+                           ("difficult", "0")):
+            ET.SubElement(node, key).text = value
+        box = ET.SubElement(node, "bndbox")
+        for key, value in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+            ET.SubElement(box, key).text = str(value)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    return tree
+
+
+def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0) -> Path:
+    """The same images and objects as ``write_split`` in the VOC devkit layout; returns the split list's path.
+
+    Every split shares ``JPEGImages`` and ``Annotations``, so file ids carry the split (``val_000003``).
+    ``classes.txt`` names the classes, which ``VOCDetection`` reads instead of the 20 VOC ones.
+    """
+    out_dir = Path(out_dir)
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
+    ids = []
+    for index in range(num_images):
+        image, objects = render_image(seed, split, index)
+        file_id = f"{split}_{index:06d}"
+        image.save(out_dir / "JPEGImages" / f"{file_id}.jpg", quality=92)
+        _voc_xml(f"{file_id}.jpg", image, objects).write(out_dir / "Annotations" / f"{file_id}.xml",
+                                                         encoding="utf-8", xml_declaration=False)
+        ids.append(file_id)
+    path = out_dir / "ImageSets" / "Main" / f"{split}.txt"
+    tmp = path.with_suffix(".txt.tmp")
+    tmp.write_text("".join(f"{i}\n" for i in ids))
+    os.replace(tmp, path)  # last, so a split list always names files that exist
+    return path
+
+
+def write_dataset(out_dir: str | Path, *, seed: int = 0, splits: dict[str, int] | None = None,
+                  layout: str = "coco") -> Path:
+    """Every split in COCO layout (``layout="coco"``) or in the VOC devkit layout (``layout="voc"``)."""
+    if layout not in ("coco", "voc"):
+        raise ValueError(f"layout {layout!r}: expected 'coco' or 'voc'")
+    write = write_split if layout == "coco" else write_split_voc
     for split, count in (splits or SPLITS).items():
-        write_split(out_dir, split, count, seed=seed)
+        write(out_dir, split, count, seed=seed)
     return Path(out_dir)
 
 
