@@ -8,7 +8,7 @@ exist for a padded input, and how many of them its matcher labels foreground per
 without objects count as all background, as they do in the loss. Under torch.distributed every process counts a
 shard and the sums are all-reduced, so no process group is needed on one device and no cache file is raced.
 
-The result is cached under a key of everything it depends on (annotation file contents, the rule's parameters,
+The result is cached under a key of everything it depends on (the annotations it reads, the rule's parameters,
 input sizes, flip probability), so a second run with the same setting reads it in milliseconds.
 """
 from __future__ import annotations
@@ -44,11 +44,15 @@ def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
     return int(math.ceil(height / divisor) * divisor), int(math.ceil(width / divisor) * divisor)
 
 
-def _file_digest(path: Path) -> str:
+def annotations_digest(dataset) -> str:
+    """sha256 of exactly what the count reads (image sizes, boxes, labels), whatever the annotation format: an
+    edited annotation changes the key, a re-saved file with the same content does not."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for index in range(len(dataset)):
+        boxes, labels = dataset.annotations(index)
+        h.update(np.asarray(dataset.image_size(index), dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(boxes, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -116,7 +120,7 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         "version": CACHE_VERSION,
         "detector": cfg.MODEL.META_ARCHITECTURE,
         "rule": counter.describe(),
-        "datasets": [{"name": d.name, "annotations_sha256": _file_digest(d.ann_file)} for d in datasets],
+        "datasets": [{"name": d.name, "annotations_sha256": annotations_digest(d)} for d in datasets],
         "min_sizes": list(cfg.INPUT.MIN_SIZE_TRAIN), "max_size": cfg.INPUT.MAX_SIZE_TRAIN,
         "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY, "hflip_prob": cfg.INPUT.HFLIP_PROB,
     }

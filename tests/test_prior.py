@@ -137,3 +137,23 @@ def test_rpn_rule_class_agnostic_with_straddling_anchors_ignored():
     # an empty image: every inside anchor is background
     _, background = counter.count((64, 64), (64, 64), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert background == 9.0
+
+
+def test_estimate_is_cached_under_the_annotations_it_read(tmp_path):
+    from sampling_free.config import load_config
+    from sampling_free.prior import estimate_prior
+
+    class Model:
+        def prior_counter(self):
+            return make_counter()
+
+    cfg = load_config(values={"MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR": str(tmp_path), "INPUT.MIN_SIZE_TRAIN": [64],
+                              "INPUT.MAX_SIZE_TRAIN": 64})
+    ds = StubDataset([((64, 64), BOXES, LABELS)])
+    first = estimate_prior(Model(), [ds], cfg)
+    assert first["source"] == "estimated"
+    assert first["prior"] == pytest.approx(3 / 15 / 3)  # 3 foreground, 12 background, 3 classes
+    assert estimate_prior(Model(), [ds], cfg)["source"].startswith("cache")
+    edited = StubDataset([((64, 64), BOXES[:2], LABELS[:2])])  # same name, one box fewer
+    second = estimate_prior(Model(), [edited], cfg)
+    assert second["source"] == "estimated" and second["cache_key"] != first["cache_key"]

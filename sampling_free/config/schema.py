@@ -177,8 +177,8 @@ SCHEMA: dict = {
         "PIXEL_STD": _l([0.229, 0.224, 0.225], "RGB std of images scaled to [0, 1] (ImageNet).", item="float"),
     },
     "DATASETS": {
-        "TRAIN": _l(["coco_2017_train"], "Training datasets: catalog names or coco:<annotations.json>:<image dir>.",
-                    item="str"),
+        "TRAIN": _l(["coco_2017_train"], "Training datasets: catalog names, coco:<annotations.json>:<image dir> or "
+                    "voc:<devkit folder>:<split>.", item="str"),
         "TEST": _l(["coco_2017_val"], "Test datasets, same forms.", item="str"),
         "ROOT": _s("", "Datasets root. Empty: $SAMPLING_FREE_DATASETS or ./datasets."),
     },
@@ -208,6 +208,8 @@ SCHEMA: dict = {
     "TEST": {
         "IMS_PER_BATCH": _i(8, "Images per inference batch."),
         "DETECTIONS_PER_IMG": _i(100, "Detections kept per image."),
+        "VOC_METRIC": _s("voc07_11point", "VOC datasets: per-class AP as the VOC2007 11-point metric (the original's) "
+                         "or the area under the PR curve (VOC2010+).", choices=("voc07_11point", "area")),
     },
     "OUTPUT_DIR": _s("", "Run folder. Empty: output/<config name>, with _free when sampling-free is on."),
     "SEED": _i(0, "Seed for weights, data order and augmentation."),

@@ -23,7 +23,7 @@ def evaluate_checkpoint_model(cfg: CfgNode, model, out_dir: str | Path, *, weigh
     for dataset in build_datasets(cfg.DATASETS.TEST, cfg, training=False):
         folder = Path(out_dir) / "inference" / dataset.name.replace("/", "_").replace(":", "_") / weights_name
         loader = build_test_loader(cfg, dataset)
-        metrics = evaluate_dataset(model, dataset, loader, device, folder)
+        metrics = evaluate_dataset(model, dataset, loader, device, folder, voc_metric=cfg.TEST.VOC_METRIC)
         results[dataset.name] = metrics
         logger.info("%s on %s (%d images, %.1fs):\n%s", weights_name, dataset.name, metrics["inference"]["images"],
                     metrics["inference"]["seconds"], format_table(metrics))
