@@ -20,11 +20,11 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from .common import Switches, build_transform, resolve_switches
 from .rcnn import SamplingFreeRCNN, build_backbone_and_rpn, rcnn_box_loss
+from .roi_align import ParallelMultiScaleRoIAlign
 
 
 class CascadeStage(nn.Module):
@@ -170,11 +170,11 @@ def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     mask = {}
     if m.MASK_ON:
         mh = m.ROI_MASK_HEAD
-        mask = dict(mask_roi_pool=MultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
+        mask = dict(mask_roi_pool=ParallelMultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
                     mask_head=MaskRCNNHeads(channels, tuple(mh.CONV_LAYERS), 1),
                     mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
     heads = CascadeRoIHeads(
-        box_roi_pool=MultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO), stages=stages,
+        box_roi_pool=ParallelMultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO), stages=stages,
         switches=switches, loss_weights=c.STAGE_LOSS_WEIGHTS, batch_size_per_image=h.BATCH_SIZE_PER_IMAGE,
         positive_fraction=h.POSITIVE_FRACTION, smooth_l1_beta=b.SMOOTH_L1_BETA, score_thresh=h.SCORE_THRESH,
         free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH, nms_thresh=h.NMS_THRESH,

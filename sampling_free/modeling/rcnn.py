@@ -27,12 +27,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..mechanism import guided_loss_scaling, optimal_bias
 from .backbone import build_backbone
 from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, \
     inside_image, resolve_switches
+from .roi_align import ParallelMultiScaleRoIAlign
 
 
 class SamplingFreeRPN(RegionProposalNetwork):
@@ -222,11 +222,11 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     switches = resolve_switches(cfg, default_scale=2.0)
     backbone, rpn, names = build_backbone_and_rpn(cfg, switches)
     h, b = m.ROI_HEADS, m.ROI_BOX_HEAD
-    box_pool = MultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
+    box_pool = ParallelMultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
     mask_kwargs = {}
     if m.MASK_ON:
         mh = m.ROI_MASK_HEAD
-        mask_kwargs = dict(mask_roi_pool=MultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
+        mask_kwargs = dict(mask_roi_pool=ParallelMultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
                            mask_head=MaskRCNNHeads(backbone.out_channels, tuple(mh.CONV_LAYERS), 1),
                            mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
     roi_heads = SamplingFreeRoIHeads(
