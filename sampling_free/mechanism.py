@@ -46,7 +46,7 @@ def optimal_bias(prior: float) -> float:
 
 
 def guided_loss_scaling(
-    cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float = 1.0, eps: float = 1e-12
+    cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float = 1.0, eps: float = 1e-12, *, reduce=None
 ) -> torch.Tensor:
     """``scale * cls_loss * stopgrad(reg_loss / cls_loss)``.
 
@@ -54,9 +54,13 @@ def guided_loss_scaling(
     constant normaliser of ``cls_loss`` (mean vs sum, division by the number of positives) therefore cancels: only
     the regression normalisation sets the classification gradient's magnitude. ``reg_loss`` back-propagates only
     through its own term. With no positives ``reg_loss`` is 0 and so is the result -- still connected to the graph,
-    so distributed gradient reduction sees every parameter.
+    so distributed gradient reduction sees every parameter. ``reduce``, when given, maps the detached pair
+    ``[reg_loss, cls_loss]`` before the ratio is taken (e.g. to its mean over processes, for one ratio per step).
     """
-    ratio = reg_loss.detach() / cls_loss.detach().clamp(min=eps)
+    values = torch.stack([reg_loss.detach(), cls_loss.detach()])
+    if reduce is not None:
+        values = reduce(values)
+    ratio = values[0] / values[1].clamp(min=eps)
     return cls_loss * (ratio * scale)
 
 

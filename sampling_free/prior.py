@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from .distributed import gather_objects, is_main, rank, world_size
 from .mechanism import adaptive_score_threshold, optimal_bias, prior_from_counts
 
 logger = logging.getLogger(__name__)
@@ -99,18 +99,12 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
     return {"foreground_per_class": fg, "background": bg, "images": images, "empty_images": empty}
 
 
-def _all_reduce(counts: dict) -> dict:
-    if not (dist.is_available() and dist.is_initialized()):
-        return counts
-    flat = torch.tensor([*counts["foreground_per_class"], counts["background"], counts["images"],
-                         counts["empty_images"]], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        flat = flat.cuda()
-    dist.all_reduce(flat)
-    flat = flat.cpu().numpy()
-    c = len(counts["foreground_per_class"])
-    return {"foreground_per_class": flat[:c], "background": float(flat[c]), "images": int(flat[c + 1]),
-            "empty_images": int(flat[c + 2])}
+def _sum_over_ranks(counts: dict) -> dict:
+    """Add up the shards' counts (every process ends with the same totals)."""
+    shards = gather_objects(counts)
+    return {"foreground_per_class": sum(c["foreground_per_class"] for c in shards),
+            "background": sum(c["background"] for c in shards), "images": sum(c["images"] for c in shards),
+            "empty_images": sum(c["empty_images"] for c in shards)}
 
 
 def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
@@ -132,11 +126,10 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         return result
 
     start = time.perf_counter()
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    counts = _all_reduce(count_dataset(
+    counts = _sum_over_ranks(count_dataset(
         datasets, counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-        size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB, rank=rank, world_size=world))
+        size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB, rank=rank(),
+        world_size=world_size()))
     num_fg = float(counts["foreground_per_class"].sum())
     prior = prior_from_counts(num_fg, counts["background"], counter.num_classes)
     names = class_names or [str(i + 1) for i in range(counter.num_classes)]
@@ -155,7 +148,7 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         "depends_on": depends_on,
         "cache_key": key,
     }
-    if rank == 0:
+    if is_main():  # the only writer; every process computed the same totals
         write_json_atomic(cache_file, result)
     result["source"] = "estimated"
     return result

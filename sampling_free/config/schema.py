@@ -73,6 +73,8 @@ SCHEMA: dict = {
             "NMS_THRESH": _f(0.55, "RetinaNet NMS IoU with the adaptive threshold (the original's 0.55)."),
             "ROI_SCORE_THRESH": _f(1e-4, "R-CNN box-head test score threshold with ADAPTIVE_THRESHOLD on (the "
                                    "original's fixed 1e-4)."),
+            "SYNC_GUIDED_RATIO": _b(False, "Multi-process training: one guided-scaling ratio per step from the losses "
+                                    "averaged over processes, instead of one per process (the original)."),
             "PRIOR_CACHE_DIR": _s("", "Where estimated priors are cached. Empty: $SAMPLING_FREE_CACHE or "
                                   "~/.cache/sampling-free/priors."),
         },
@@ -204,6 +206,8 @@ SCHEMA: dict = {
         "CHECKPOINT_PERIOD": _i(5000, "Write a checkpoint every this many iterations."),
         "LOG_PERIOD": _i(20, "Write a metrics.jsonl record every this many iterations."),
         "CLIP_GRAD_NORM": _f(0.0, "Clip the gradient's global norm to this value (0: off)."),
+        "AMP": _s("", "Mixed precision on CUDA: bf16, or fp16 (with a gradient scaler). Empty: float32.",
+                  choices=("", "bf16", "fp16")),
     },
     "TEST": {
         "IMS_PER_BATCH": _i(8, "Images per inference batch."),
@@ -213,4 +217,5 @@ SCHEMA: dict = {
     },
     "OUTPUT_DIR": _s("", "Run folder. Empty: output/<config name>, with _free when sampling-free is on."),
     "SEED": _i(0, "Seed for weights, data order and augmentation."),
+    "TENSORBOARD": _b(True, "Also log scalars to OUTPUT_DIR/tensorboard when the tensorboard package is installed."),
 }

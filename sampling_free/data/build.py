@@ -1,12 +1,16 @@
 """Datasets and loaders from a config."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .catalog import resolve
 from .coco import COCODetection, DatasetError, collate
 from .samplers import GroupedBatchStream, aspect_groups
 from .voc import VOCDetection
+
+logger = logging.getLogger(__name__)
 
 
 def build_datasets(names, cfg, *, training: bool, with_masks: bool = False) -> list[COCODetection | VOCDetection]:
@@ -24,7 +28,23 @@ def build_datasets(names, cfg, *, training: bool, with_masks: bool = False) -> l
         if d.class_names != first.class_names:
             raise DatasetError(f"{d.name}: its classes {d.class_names} differ from {first.name}'s "
                                f"{first.class_names}; datasets trained together must share categories")
+    if training:
+        _warn_unseen_classes(datasets)
     return datasets
+
+
+def _warn_unseen_classes(datasets) -> None:
+    """A class without a single training box trains as pure background; worth a warning, not a stop (a subset of a
+    dataset can legitimately miss rare classes)."""
+    seen = set()
+    for d in datasets:
+        for index in range(len(d)):
+            seen.update(d.annotations(index)[1].tolist())
+    unseen = [name for k, name in enumerate(datasets[0].class_names, start=1) if k not in seen]
+    if unseen:
+        logger.warning("%s: no training box of class%s %s; %s will only ever be background",
+                       "+".join(d.name for d in datasets), "es" if len(unseen) > 1 else "", ", ".join(unseen),
+                       "they" if len(unseen) > 1 else "it")
 
 
 class TrainingView(torch.utils.data.Dataset):

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
 
 from ..config import CfgNode
 from ..data.build import build_datasets, build_test_loader
-from ..evaluation.coco import evaluate_dataset, format_table
+from ..distributed import barrier, gather_objects, is_main, rank, world_size
+from ..evaluation.coco import format_table, run_inference, score_results, to_coco_results, without_masks
+from ..evaluation.voc import check_metric
 from ..modeling import build_model
+from ..modeling.backbone import load_state_dict_file
 from .checkpoint import load_checkpoint
 
 logger = logging.getLogger("sampling_free")
@@ -18,15 +22,30 @@ logger = logging.getLogger("sampling_free")
 
 def evaluate_checkpoint_model(cfg: CfgNode, model, out_dir: str | Path, *, weights_name: str,
                               device: torch.device) -> dict:
-    """Metrics per test dataset, written to ``out_dir/inference/<dataset>/<weights_name>/``."""
+    """Metrics per test dataset, written to ``out_dir/inference/<dataset>/<weights_name>/``.
+
+    Under torch.distributed every process runs inference on its share of the images; the detections are gathered
+    and scored by the main process, whose metrics are returned (other processes get an empty dict)."""
+    check_metric(cfg.TEST.VOC_METRIC)
     results = {}
     for dataset in build_datasets(cfg.DATASETS.TEST, cfg, training=False):
         folder = Path(out_dir) / "inference" / dataset.name.replace("/", "_").replace(":", "_") / weights_name
-        loader = build_test_loader(cfg, dataset)
-        metrics = evaluate_dataset(model, dataset, loader, device, folder, voc_metric=cfg.TEST.VOC_METRIC)
-        results[dataset.name] = metrics
-        logger.info("%s on %s (%d images, %.1fs):\n%s", weights_name, dataset.name, metrics["inference"]["images"],
-                    metrics["inference"]["seconds"], format_table(metrics))
+        loader = build_test_loader(cfg, dataset, rank=rank(), world_size=world_size())
+        start = time.perf_counter()
+        predictions = run_inference(model, loader, device)
+        boxes, masks = to_coco_results(dataset, predictions)
+        has_masks = any("masks" in p for p in predictions)
+        shards = gather_objects((boxes, masks, [without_masks(p) for p in predictions], has_masks))
+        if is_main():
+            metrics = score_results(
+                dataset, [r for s in shards for r in s[0]],
+                [r for s in shards for r in s[1]] if any(s[3] for s in shards) else None,
+                [p for s in shards for p in s[2]], folder, voc_metric=cfg.TEST.VOC_METRIC,
+                seconds=time.perf_counter() - start)
+            results[dataset.name] = metrics
+            logger.info("%s on %s (%d images, %.1fs):\n%s", weights_name, dataset.name,
+                        metrics["inference"]["images"], metrics["inference"]["seconds"], format_table(metrics))
+        barrier()
     return results
 
 
@@ -56,3 +75,27 @@ def evaluate_weights(cfg: CfgNode, weights: list[Path], out_dir: Path, device: t
     logger.info("summary:\n%s", json.dumps({w: {d: m["bbox"] for d, m in r.items()} for w, r in summary.items()},
                                            indent=1))
     return summary
+
+
+def load_detector_weights(model, path: str | Path) -> dict:
+    """Initialise from a whole-detector checkpoint (ours, or a torchvision detector's state dict) for fine-tuning.
+
+    Tensors whose name and shape fit are loaded; heads of another shape (a different number of classes) keep
+    their fresh initialisation; the run's own prior π is kept. Everything not loaded is reported."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("prior.")}
+    report = {"loaded": len(loadable),
+              "reinitialised": sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape),
+              "missing": sorted(k for k in own if k not in state and not k.startswith("prior.")),
+              "unexpected": sorted(k for k in state if k not in own)}
+    if not loadable:
+        raise ValueError(f"{path}: no tensor in it fits this {type(model).__name__} (wrong architecture?); first "
+                         f"keys: {list(state)[:3]}")
+    model.load_state_dict(loadable, strict=False)
+    logger.info("initialised %d tensors from %s", report["loaded"], path)
+    for kind in ("reinitialised", "missing", "unexpected"):
+        if report[kind]:
+            logger.info("  %s (%d): %s%s", kind, len(report[kind]), ", ".join(report[kind][:8]),
+                        " ..." if len(report[kind]) > 8 else "")
+    return report

@@ -1,26 +1,36 @@
-"""Iteration-based training: data -> model -> SGD, with logs, atomic checkpoints, resume and final evaluation."""
+"""Iteration-based training: data -> model -> SGD, with logs, atomic checkpoints, resume and final evaluation.
+
+One process, or one per device under ``torchrun`` (DistributedDataParallel; ``SOLVER.IMS_PER_BATCH`` stays the global
+batch). Nothing is lost: checkpoints are written atomically every ``SOLVER.CHECKPOINT_PERIOD`` iterations and on
+SIGTERM/SIGINT, a run resumes from ``last_checkpoint`` at the same schedule position, data order and RNG state, and a
+non-finite loss stops training before the optimizer step, leaving the last good checkpoint as it was.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .. import distributed as dist
 from ..config import CfgNode, save_config
 from ..data.build import build_datasets, build_train_loader
 from ..modeling import build_model
 from ..prior import config_prior, estimate_prior, write_json_atomic
-from .checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
-from .evaluator import evaluate_checkpoint_model
-from .runtime import resolve_device, setup_logging
+from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
+from .evaluator import evaluate_checkpoint_model, load_detector_weights
+from .runtime import MetricsWriter, ensure_writable, resolve_device, setup_logging
 from .solver import build_optimizer, build_scheduler
 
 logger = logging.getLogger("sampling_free")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_output_dir(cfg: CfgNode, config_file: str | None) -> Path:
@@ -43,27 +53,60 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
     else:
         prior = estimate_prior(model, datasets, cfg, class_names=first.class_names)
     model.set_prior(prior["prior"])
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main():
         write_json_atomic(out_dir / "prior.json", prior)
     logger.info("prior π=%.3g (bias %.3f, adaptive threshold %.3g) from %s", prior["prior"], prior["bias"],
                 prior["score_threshold"], prior["source"])
     return model, prior
 
 
-def _load_initial_weights(model, path: str) -> None:
-    state = load_checkpoint(path)["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    logger.info("initialised from %s (missing %d keys, unexpected %d)", path, len(missing), len(unexpected))
+def _check_amp(cfg: CfgNode, device: torch.device):
+    if cfg.SOLVER.AMP and device.type != "cuda":
+        raise ValueError(f"SOLVER.AMP={cfg.SOLVER.AMP!r} needs a CUDA device (MODEL.DEVICE is {cfg.MODEL.DEVICE!r}); "
+                         "set SOLVER.AMP '' on the CPU")
+    return AMP_DTYPES.get(cfg.SOLVER.AMP)
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT ask for a checkpoint at the end of the current iteration, then a clean exit."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, device) -> bool:
+        """Whether any process was signalled (all processes must stop at the same iteration)."""
+        if not dist.is_distributed():
+            return bool(self.signum)
+        return bool(dist.mean_over_ranks(torch.tensor([float(self.signum)], device=device)) > 0)
 
 
 def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True) -> dict:
-    out_dir = default_output_dir(cfg, config_file)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(out_dir)
-    save_config(cfg, out_dir / "config.yaml")
     device = resolve_device(cfg.MODEL.DEVICE)
+    device = dist.init_from_environment(device.type) or device
+    amp_dtype = _check_amp(cfg, device)
+    out_dir = default_output_dir(cfg, config_file)
+    if dist.is_main():
+        ensure_writable(out_dir)
+    dist.barrier()
+    setup_logging(out_dir if dist.is_main() else None)
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")
     torch.manual_seed(cfg.SEED)
-    logger.info("training in %s on %s", out_dir, device)
+    logger.info("training in %s on %s (%d process%s)", out_dir, device, dist.world_size(),
+                "es" if dist.world_size() > 1 else "")
 
     datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
     model, _ = prepare_model(cfg, datasets, out_dir)
@@ -71,92 +114,104 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
     model.to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
 
     start_iter = 0
-    resume_from = last_checkpoint(out_dir)
+    resume_from = find_resumable(out_dir)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         start_iter = int(state["iteration"])
         logger.info("resumed from %s at iteration %d", resume_from, start_iter)
     elif cfg.MODEL.WEIGHT:
-        _load_initial_weights(model, cfg.MODEL.WEIGHT)
+        load_detector_weights(model, cfg.MODEL.WEIGHT)
 
     class_names = datasets[0].class_names
 
     def checkpoint_state(iteration: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": scheduler.state_dict(), "iteration": iteration, "torch_rng": torch.get_rng_state(),
                 "num_classes": model.num_classes, "class_names": class_names}
 
-    max_iter = cfg.SOLVER.MAX_ITER
-    if start_iter < max_iter:
-        _train_loop(cfg, model, optimizer, scheduler, datasets, device, out_dir, start_iter, checkpoint_state)
-    if not (out_dir / "model_final.pth").exists():
-        save_checkpoint(out_dir, "model_final.pth", checkpoint_state(max_iter))
+    if start_iter < cfg.SOLVER.MAX_ITER:
+        _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, device, out_dir, start_iter,
+                    checkpoint_state)
+    elif dist.is_main() and not (out_dir / "model_final.pth").exists():
+        save_checkpoint(out_dir, "model_final.pth", checkpoint_state(cfg.SOLVER.MAX_ITER))
     results = {}
     if evaluate and cfg.DATASETS.TEST:
         results = evaluate_checkpoint_model(cfg, model, out_dir, weights_name="model_final", device=device)
+    dist.cleanup()
     return results
 
 
-def _train_loop(cfg, model, optimizer, scheduler, datasets, device, out_dir, start_iter, checkpoint_state):
+def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, device, out_dir, start_iter,
+                checkpoint_state):
     s = cfg.SOLVER
-    loader = build_train_loader(cfg, datasets, start_iter=start_iter)
+    loader = build_train_loader(cfg, datasets, start_iter=start_iter, rank=dist.rank(),
+                                world_size=dist.world_size())
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if dist.is_distributed() else model
     model.train()
-    metrics_file = open(out_dir / "metrics.jsonl", "a")
-    window: dict[str, float] = {}
-    window_n, window_start, data_time = 0, time.perf_counter(), 0.0
-    bar = tqdm(total=s.MAX_ITER, initial=start_iter, desc="train", dynamic_ncols=True, disable=None)
+    metrics = MetricsWriter(out_dir, start_iter, enabled=dist.is_main(), tensorboard=cfg.TENSORBOARD)
+    bar = tqdm(total=s.MAX_ITER, initial=start_iter, desc="train", dynamic_ncols=True,
+               disable=None if dist.is_main() else True)
     data_iter = iter(loader)
-    with logging_redirect_tqdm():
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+    def save(name: str, iteration: int) -> None:
+        if dist.is_main():
+            save_checkpoint(out_dir, name, checkpoint_state(iteration))
+        dist.barrier()
+
+    with logging_redirect_tqdm(), _StopRequest() as stop:
         try:
             for iteration in range(start_iter, s.MAX_ITER):
                 t0 = time.perf_counter()
                 images, targets = next(data_iter)
-                data_time += time.perf_counter() - t0
+                metrics.add_data_time(time.perf_counter() - t0)
                 images = [im.to(device, non_blocking=True) for im in images]
                 targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                losses = model(images, targets)
+                with autocast:
+                    losses = ddp(images, targets)
                 total = sum(losses.values())
                 for name, value in losses.items():
                     if not math.isfinite(float(value.detach())):
                         raise FloatingPointError(
-                            f"iteration {iteration + 1}: {name} is {float(value)}; training stopped. The last good "
-                            f"checkpoint in {out_dir} is intact (lower SOLVER.BASE_LR or set SOLVER.CLIP_GRAD_NORM)")
+                            f"iteration {iteration + 1}: {name} is {float(value)}; training stopped before the "
+                            f"update. The last good checkpoint in {out_dir} is intact (lower SOLVER.BASE_LR or set "
+                            f"SOLVER.CLIP_GRAD_NORM)")
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                scaler.scale(total).backward()
                 if s.CLIP_GRAD_NORM > 0:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 done = iteration + 1
-                for name, value in losses.items():
-                    window[name] = window.get(name, 0.0) + float(value.detach())
-                for name, value in getattr(model, "training_stats", {}).items():
-                    window[name] = window.get(name, 0.0) + value
-                window["loss"] = window.get("loss", 0.0) + float(total.detach())
-                window_n += 1
                 bar.update(1)
-                if done % s.LOG_PERIOD == 0 or done == s.MAX_ITER:
-                    elapsed = time.perf_counter() - window_start
-                    record = {"iteration": done, "lr": optimizer.param_groups[0]["lr"],
-                              **{k: v / window_n for k, v in window.items()},
-                              "time": elapsed / window_n, "data_time": data_time / window_n,
-                              "eta_seconds": round(elapsed / window_n * (s.MAX_ITER - done), 1)}
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                record = metrics.add(done, losses, getattr(model, "training_stats", {}),
+                                     lr=optimizer.param_groups[0]["lr"], last=done == s.MAX_ITER,
+                                     period=s.LOG_PERIOD, max_iter=s.MAX_ITER)
+                if record:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2g}")
                     logger.info("iter %d/%d  loss %.4f  %s  lr %.3g  %.3fs/it  eta %ds", done, s.MAX_ITER,
-                                record["loss"], "  ".join(f"{k} {record[k]:.4f}" for k in losses),
-                                record["lr"], record["time"], record["eta_seconds"])
-                    window, window_n, window_start, data_time = {}, 0, time.perf_counter(), 0.0
+                                record["loss"], "  ".join(f"{k} {record[k]:.4f}" for k in losses), record["lr"],
+                                record["time"], record["eta_seconds"])
+                if stop.requested(device):
+                    save(f"model_{done:07d}.pth", done)
+                    logger.warning("stopped by signal %d after iteration %d; checkpoint written. Run the same "
+                                   "command again to resume.", stop.signum, done)
+                    raise SystemExit(128 + (stop.signum or signal.SIGTERM))
                 if done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
-                    save_checkpoint(out_dir, f"model_{done:07d}.pth", checkpoint_state(done))
-            save_checkpoint(out_dir, "model_final.pth", checkpoint_state(s.MAX_ITER))
+                    save(f"model_{done:07d}.pth", done)
+            save("model_final.pth", s.MAX_ITER)
         finally:
             bar.close()
-            metrics_file.close()
+            metrics.close()

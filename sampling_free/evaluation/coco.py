@@ -86,24 +86,36 @@ def format_table(metrics: dict) -> str:
 
 def evaluate_dataset(model, dataset, loader, device, out_dir: str | Path, *,
                      voc_metric: str = "voc07_11point") -> dict:
-    """Inference on ``dataset``, COCO metrics, and ``bbox.json`` / ``segm.json`` / ``metrics.json`` in out_dir.
-
-    A ``VOCDetection`` is also scored with the VOC devkit's AP (``voc_metric``: "voc07_11point" or "area") under
-    ``metrics["voc"]``: COCO's AP50 on VOC reads several points lower and is not the number VOC papers report.
-    """
+    """Inference on ``dataset``, COCO metrics, and ``bbox.json`` / ``segm.json`` / ``metrics.json`` in out_dir."""
     if isinstance(dataset, VOCDetection):
         check_metric(voc_metric)  # before inference, so a typo costs nothing
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     predictions = run_inference(model, loader, device)
     seconds = time.perf_counter() - start
     box_results, mask_results = to_coco_results(dataset, predictions)
+    return score_results(dataset, box_results, mask_results if any("masks" in p for p in predictions) else None,
+                         [without_masks(p) for p in predictions], out_dir, voc_metric=voc_metric, seconds=seconds)
+
+
+def without_masks(prediction: dict) -> dict:
+    """A prediction without its full-image mask tensor (cheap to send between processes)."""
+    return {k: v for k, v in prediction.items() if k != "masks"}
+
+
+def score_results(dataset, box_results: list[dict], mask_results: list[dict] | None, predictions: list[dict],
+                  out_dir: str | Path, *, voc_metric: str = "voc07_11point", seconds: float = 0.0) -> dict:
+    """COCO metrics of detections in COCO results format (and VOC metrics from ``predictions`` for a VOC dataset).
+
+    A ``VOCDetection`` is also scored with the VOC devkit's AP (``voc_metric``: "voc07_11point" or "area") under
+    ``metrics["voc"]``: COCO's AP50 on VOC reads several points lower and is not the number VOC papers report.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bbox.json").write_text(json.dumps(box_results))
     metrics: dict = {}
     metrics["bbox"], metrics["bbox_per_class"], summary = coco_metrics(dataset.coco, box_results, "bbox")
     logger.info("%s bbox:\n%s", dataset.name, summary)
-    if any("masks" in p for p in predictions):
+    if mask_results is not None:
         (out_dir / "segm.json").write_text(json.dumps(mask_results))
         metrics["segm"], metrics["segm_per_class"], summary = coco_metrics(dataset.coco, mask_results, "segm")
         logger.info("%s segm:\n%s", dataset.name, summary)

@@ -12,6 +12,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
+from ..distributed import mean_over_ranks
+from ..mechanism import guided_loss_scaling
+
 
 class DetectionTransform(GeneralizedRCNNTransform):
     """torchvision's normalise-resize-pad with two changes: a training image is resized to ``target["min_size"]``
@@ -66,6 +69,7 @@ class Switches:
     guided_loss: bool
     adaptive_threshold: bool
     classification_scale: float
+    sync_guided_ratio: bool = False
 
     @property
     def needs_prior(self) -> bool:
@@ -85,7 +89,12 @@ def resolve_switches(cfg, *, default_scale: float) -> Switches:
 
     scale = cfg.MODEL.CLASSIFICATION_SCALE
     return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), pick(sf.GUIDED_LOSS), pick(sf.ADAPTIVE_THRESHOLD),
-                    default_scale if scale is None else scale)
+                    default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO)
+
+
+def guided(switches: Switches, cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float) -> torch.Tensor:
+    """``guided_loss_scaling`` with the ratio taken per process (the original) or over all processes."""
+    return guided_loss_scaling(cls_loss, reg_loss, scale, reduce=mean_over_ranks if switches.sync_guided_ratio else None)
 
 
 class PriorBuffer(nn.Module):

@@ -25,9 +25,10 @@ from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from ..mechanism import adaptive_score_threshold, guided_loss_scaling, optimal_bias
+from ..distributed import average_count
+from ..mechanism import adaptive_score_threshold, optimal_bias
 from .backbone import build_backbone
-from .common import GridPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+from .common import GridPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     resolve_switches
 
 
@@ -128,7 +129,7 @@ class SamplingFreeFCOS(FCOS):
         matched = torch.stack([fcos_assign(a, t["boxes"], num_anchors_per_level, self.center_sampling_radius)
                                for a, t in zip(anchors, targets)])
         fg = matched >= 0
-        num_fg = max(1, int(fg.sum()))
+        num_fg = average_count(int(fg.sum()))  # over processes, at least 1
         cls_targets = torch.zeros_like(cls_logits)
         gt_boxes = torch.zeros_like(deltas)
         for i, t in enumerate(targets):
@@ -153,7 +154,7 @@ class SamplingFreeFCOS(FCOS):
         self.last_stats = {"num_pos": float(fg.sum()), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
             reference = loss_giou + loss_ctr if self.guided_target == "giou_centerness" else loss_giou
-            loss_cls = guided_loss_scaling(loss_cls, reference, self.switches.classification_scale)
+            loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale)
         return {"loss_fcos_cls": loss_cls, "loss_fcos_giou": loss_giou, "loss_fcos_centerness": loss_ctr}
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):

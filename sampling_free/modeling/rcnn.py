@@ -28,9 +28,10 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from ..mechanism import guided_loss_scaling, optimal_bias
+from ..distributed import average_count
+from ..mechanism import optimal_bias
 from .backbone import build_backbone
-from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     inside_image, resolve_switches
 from .roi_align import ParallelMultiScaleRoIAlign
 
@@ -69,17 +70,14 @@ class SamplingFreeRPN(RegionProposalNetwork):
             pos, neg = self.fg_bg_sampler(labels_per_image)
             used = torch.where(torch.cat(pos) | torch.cat(neg))[0]
         positive = used[labels[used] == 1]
-        loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used])
-        if positive.numel() == 0:
-            loss_reg = deltas.sum() * 0.0
-        else:
-            loss_reg = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=self.smooth_l1_beta,
-                                        reduction="sum")
-            loss_reg = loss_reg / (4 * positive.numel()) * 0.5 if self.switches.no_heuristic else \
-                loss_reg / used.numel()
+        num_used, num_pos = average_count(used.numel()), average_count(positive.numel())  # over processes
+        loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used], reduction="sum") / num_used
+        loss_reg = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=self.smooth_l1_beta,
+                                    reduction="sum")  # 0, still connected, without positives
+        loss_reg = loss_reg / (4 * num_pos) * 0.5 if self.switches.no_heuristic else loss_reg / num_used
         self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
         if self.switches.guided_loss:
-            loss_obj = guided_loss_scaling(loss_obj, loss_reg, self.rpn_scale)
+            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale)
         return loss_obj, loss_reg
 
     def forward(self, images, features, targets=None):
@@ -103,16 +101,14 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     """Softmax CE over every RoI given; smooth-L1 over the positives' deltas (already selected: class-specific or
     class-agnostic). Baseline: box loss summed / #RoIs; sampling-free: mean over the 4 * P coordinates, and the CE
     guided-scaled to it. Returns (loss_cls, loss_reg, stats)."""
-    loss_cls = F.cross_entropy(class_logits, labels)
-    num_pos = positive_deltas.shape[0]
-    if num_pos == 0:
-        loss_reg = positive_deltas.sum() * 0.0  # zero, but connected to the box layer (DDP)
-    else:
-        loss_reg = F.smooth_l1_loss(positive_deltas, positive_targets, beta=beta, reduction="sum")
-        loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / labels.numel()
-    stats = {"roi_samples": float(labels.numel()), "roi_pos": float(num_pos)}
+    num_rois, num_pos = average_count(labels.numel()), average_count(positive_deltas.shape[0])  # over processes
+    loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / num_rois
+    # without positives: zero, but connected to the box layer (DistributedDataParallel needs every gradient)
+    loss_reg = F.smooth_l1_loss(positive_deltas, positive_targets, beta=beta, reduction="sum")
+    loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / num_rois
+    stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive_deltas.shape[0])}
     if switches.guided_loss:
-        loss_cls = guided_loss_scaling(loss_cls, loss_reg, switches.classification_scale)
+        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale)
     return loss_cls, loss_reg, stats
 
 

@@ -26,9 +26,11 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
-from ..mechanism import adaptive_score_threshold, guided_loss_scaling, optimal_bias
+from ..distributed import average_count
+from ..mechanism import adaptive_score_threshold, optimal_bias
 from .backbone import build_backbone
-from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, resolve_switches
+from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
+    resolve_switches
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -66,7 +68,8 @@ class RetinaNetLoss(nn.Module):
                 reg_preds.append(box_deltas[i, fg])
         valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
         num_pos = int((matched >= 0).sum())
-        normaliser = num_pos + len(targets)
+        # normalisers averaged over processes (every rank calls this): N processes train as one big batch
+        normaliser, pos_normaliser = average_count(num_pos + len(targets)), average_count(num_pos)
         logits, cls_targets = cls_logits[valid], labels[valid]
         if self.switches.no_heuristic:
             loss_cls = F.binary_cross_entropy_with_logits(logits, cls_targets, reduction="sum") / normaliser
@@ -75,12 +78,12 @@ class RetinaNetLoss(nn.Module):
                                           reduction="sum") / normaliser
         if num_pos:
             loss_reg = F.smooth_l1_loss(torch.cat(reg_preds), torch.cat(reg_targets), beta=self.smooth_l1_beta,
-                                        reduction="sum") / (4 * num_pos)
+                                        reduction="sum") / (4 * pos_normaliser)
         else:  # connected to the graph so distributed gradient reduction still sees the head
             loss_reg = box_deltas.sum() * 0.0
         self.last_stats = {"num_pos": float(num_pos), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
-            loss_cls = guided_loss_scaling(loss_cls, loss_reg, self.switches.classification_scale)
+            loss_cls = guided(self.switches, loss_cls, loss_reg, self.switches.classification_scale)
             self.last_stats["guided_ratio"] = float(loss_cls.detach() / max(self.last_stats["cls_unscaled"], 1e-12))
         return {"loss_retina_cls": loss_cls, "loss_retina_reg": loss_reg}
 
