@@ -196,6 +196,8 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
                 scheduler.step()
                 done = iteration + 1
                 bar.update(1)
+                if dist.is_distributed():  # log the whole batch's losses, not this process's share
+                    losses = dict(zip(losses, dist.mean_over_ranks(torch.stack([v.detach() for v in losses.values()]))))
                 record = metrics.add(done, losses, getattr(model, "training_stats", {}),
                                      lr=optimizer.param_groups[0]["lr"], last=done == s.MAX_ITER,
                                      period=s.LOG_PERIOD, max_iter=s.MAX_ITER)
