@@ -1,4 +1,4 @@
-"""The ``sampling-free`` command: train, eval, prior, data."""
+"""The ``sampling-free`` command: train, eval, prior, data, demo, export."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,64 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _detector(args, device: str | None):
+    """The trained model of ``--weights``, built with ``--config-file`` or its run folder's ``config.yaml``."""
+    from .api import Detector, config_path
+    from .config import load_config
+
+    config = Path(args.weights).parent / "config.yaml" if args.config_file is None else config_path(args.config_file)
+    if not config.is_file():
+        raise SystemExit(f"error: give --config-file ({config} does not exist)")
+    cfg = load_config(config)
+    try:
+        return Detector.from_checkpoint(args.weights, config=cfg, device=device or cfg.MODEL.DEVICE)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def cmd_demo(args) -> int:
+    from .engine.runtime import setup_logging
+    from .visualize import run_demo
+
+    setup_logging()
+    written = run_demo(_detector(args, args.device), args.inputs, args.out, score_threshold=args.score_threshold)
+    print(f"{len(written)} image(s) drawn in {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .api import image_files, load_image
+    from .engine.runtime import setup_logging
+    from .export import BOX_TOL, MASK_TOL, SCORE_TOL, describe, export_and_check, sample_images
+
+    setup_logging()
+    detector = _detector(args, "cpu")
+    size = tuple(args.image_size or (detector.cfg.INPUT.MIN_SIZE_TEST,) * 2)
+    if args.check:
+        files = image_files(args.check)
+        images, names = [load_image(f) for f in files], [str(f) for f in files]
+    else:
+        images = sample_images()
+        names = [f"shapes sample {k}" for k in range(len(images))]
+    info, reports = export_and_check(detector.model, fmt=args.format, out=args.out, image_size=size, images=images,
+                                     class_names=detector.class_names)
+    how = "scripted (any image size)" if info["method"] == "script" else f"traced: takes only {size[0]}x{size[1]} images"
+    if "script_failure" in info:
+        how += f" (torch.jit.script failed: {info['script_failure']})"
+    print(f"{args.out}: {info['detector']} as {args.format}, {how}")
+    if reports is None:
+        print("onnxruntime is not installed: the ONNX file is written but NOT checked "
+              "(pip install 'sampling-free[export]' and export again to check it)")
+        return 0
+    for name, report in zip(names, reports):
+        print(describe(name, report))
+    agree = sum(r["ok"] for r in reports)
+    print(f"agreement: {agree}/{len(reports)} images within tolerance (same labels, boxes within {BOX_TOL} px, "
+          f"scores within {SCORE_TOL:g}" + (f", mask probabilities within {MASK_TOL}" if "masks" in info["outputs"]
+                                             else "") + "); the first image was the trace example")
+    return 0 if agree == len(reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sampling-free", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +201,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["coco", "voc"], default="coco",
                    help="COCO JSON + image folders, or the PASCAL VOC devkit layout (XML, ImageSets/Main)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="draw a trained model's detections on images (one PNG each)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
+    p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
+    p.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
+                   help="draw detections scoring at least T (default 0.3). The model itself keeps far weaker ones "
+                        "(score > 0.05, or > π·C when sampling-free, often below 0.01): AP rewards every extra true "
+                        "positive ranked below the confident ones, a picture would drown in them")
+    p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="export a trained model (TorchScript or ONNX) and check it against the eager one")
+    p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", required=True, metavar="FILE", help="exported file (a .json sidecar is written beside)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="the fixed input size of a traced export (default: INPUT.MIN_SIZE_TEST square)")
+    p.add_argument("--check", nargs="+", metavar="IMAGE",
+                   help="images (or folders) to compare exported and eager detections on; the first is also the "
+                        "trace example (default: 3 images of the built-in shapes dataset)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -183,7 +183,7 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
                 for name, value in losses.items():
                     if not math.isfinite(float(value.detach())):
                         raise FloatingPointError(
-                            f"iteration {iteration + 1}: {name} is {float(value)}; training stopped before the "
+                            f"iteration {iteration + 1}: {name} is {float(value.detach())}; training stopped before the "
                             f"update. The last good checkpoint in {out_dir} is intact (lower SOLVER.BASE_LR or set "
                             f"SOLVER.CLIP_GRAD_NORM)")
                 optimizer.zero_grad(set_to_none=True)
