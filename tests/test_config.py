@@ -76,3 +76,12 @@ def test_override_values_are_literals():
     assert parse_override_value("null") is None
     assert parse_override_value("(1, 2)") == (1, 2)
     assert parse_override_value("coco:a.json:b") == "coco:a.json:b"
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from sampling_free.config.reference import render
+
+    assert (Path(__file__).parent.parent / "docs" / "config_reference.md").read_text() == render(), \
+        "run: python -m sampling_free.config.reference > docs/config_reference.md"

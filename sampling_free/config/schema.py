@@ -54,15 +54,17 @@ SCHEMA: dict = {
                                 "Mask R-CNN with MASK_ON) or CascadeRCNN.", choices=DETECTORS),
         "MASK_ON": _b(False, "GeneralizedRCNN / CascadeRCNN: add the mask head."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
-        "WEIGHT": _s("", "Whole-detector checkpoint to initialise from (ours). Empty: backbone weights only."),
+        "WEIGHT": _s("", "Whole-detector weights to initialise or fine-tune from: our checkpoint or a "
+                      "torchvision detector state dict; heads of another shape stay freshly initialised."),
         "NUM_CLASSES": _i(0, "Foreground classes. 0: taken from the first training dataset."),
         "SAMPLING_FREE_ON": _b(False, "Master switch: every component below defaults to this value."),
         "CLASSIFICATION_SCALE": _f(
-            None, "Guided-scaling factor of the classification loss. null: 1.0 for one-stage heads.", nullable=True
+            None, "Guided-scaling factor of the classification loss. null: 1.0 for one-stage heads, 2.0 for "
+            "R-CNN box heads (every Cascade stage).", nullable=True
         ),
         "SAMPLING_FREE": {
-            "NO_HEURISTIC": _b(None, "Drop the sampling heuristic (RetinaNet: focal loss -> plain BCE). "
-                               "null: follow SAMPLING_FREE_ON.", nullable=True),
+            "NO_HEURISTIC": _b(None, "Drop the sampling heuristic: focal loss -> plain BCE (RetinaNet, "
+                               "FCOS); RPN/RoI samplers -> every anchor/RoI (R-CNNs). null: follow SAMPLING_FREE_ON.", nullable=True),
             "BIAS_INIT": _b(None, "Initialise the classification bias from the estimated prior. "
                             "null: follow SAMPLING_FREE_ON.", nullable=True),
             "GUIDED_LOSS": _b(None, "Rescale the classification loss to the regression loss every step. "
