@@ -147,12 +147,18 @@ def cmd_export(args) -> int:
     else:
         images = sample_images()
         names = [f"shapes sample {k}" for k in range(len(images))]
-    info, reports = export_and_check(detector.model, fmt=args.format, out=args.out, image_size=size, images=images,
-                                     class_names=detector.class_names)
-    how = "scripted (any image size)" if info["method"] == "script" else f"traced: takes only {size[0]}x{size[1]} images"
+    try:
+        info, reports = export_and_check(detector.model, fmt=args.format, out=args.out, image_size=size,
+                                         images=images, class_names=detector.class_names)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    how = "scripted (any image size)" if info["method"] == "script" else \
+        f"traced: takes only {size[0]}x{size[1]} images"
     if "script_failure" in info:
         how += f" (torch.jit.script failed: {info['script_failure']})"
     print(f"{args.out}: {info['detector']} as {args.format}, {how}")
+    if "caveat" in info:
+        print(f"caveat: {info['caveat']}")
     if reports is None:
         print("onnxruntime is not installed: the ONNX file is written but NOT checked "
               "(pip install 'sampling-free[export]' and export again to check it)")
