@@ -18,6 +18,7 @@ import time
 
 import torch
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.ops import MultiScaleRoIAlign
 
 from sampling_free.config import load_config
 from sampling_free.data.build import build_datasets, build_train_loader
@@ -41,7 +42,11 @@ def torchvision_model(cfg, num_classes: int):
     if m.META_ARCHITECTURE == "RetinaNet":
         return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, **common)
     r, h = m.RPN, m.ROI_HEADS
-    kwargs = dict(rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=r.PRE_NMS_TOP_N_TRAIN,
+    names = [f"p{level}" for level in range(m.FPN.MIN_LEVEL, 6)]  # torchvision's default names are "0".."3"
+    pools = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2)}
+    if m.MASK_ON:
+        pools["mask_roi_pool"] = MultiScaleRoIAlign(names, 14, 2)
+    kwargs = dict(rpn_anchor_generator=anchors, **pools, rpn_pre_nms_top_n_train=r.PRE_NMS_TOP_N_TRAIN,
                   rpn_post_nms_top_n_train=r.POST_NMS_TOP_N_TRAIN, rpn_batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
                   box_batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, box_positive_fraction=h.POSITIVE_FRACTION,
                   **common)

@@ -28,22 +28,24 @@ def _threads() -> ThreadPoolExecutor:
 class _ChannelParallelRoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, rois, spatial_scale: float, output_size: tuple, sampling_ratio: int):
+        rois = rois.float()  # the CPU kernels are float32 (and float64) only: compute there under bf16 autocast
         ctx.save_for_backward(rois)
-        ctx.args = (spatial_scale, output_size, sampling_ratio, tuple(features.shape))
-        return torch.ops.torchvision.roi_align(features, rois, spatial_scale, output_size[0], output_size[1],
-                                               sampling_ratio, False)
+        ctx.args = (spatial_scale, output_size, sampling_ratio, tuple(features.shape), features.dtype)
+        return torch.ops.torchvision.roi_align(features.float(), rois, spatial_scale, output_size[0], output_size[1],
+                                               sampling_ratio, False).to(features.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (rois,) = ctx.saved_tensors
-        spatial_scale, (ph, pw), sampling_ratio, (n, c, h, w) = ctx.args
-        chunks = [g.contiguous() for g in grad.chunk(torch.get_num_threads(), dim=1)]
+        spatial_scale, (ph, pw), sampling_ratio, (n, c, h, w), dtype = ctx.args
+        chunks = [g.float().contiguous() for g in grad.chunk(torch.get_num_threads(), dim=1)]
 
         def backward_chunk(g):
             return torch.ops.torchvision._roi_align_backward(g, rois, spatial_scale, ph, pw, n, g.shape[1], h, w,
                                                              sampling_ratio, False)
 
-        return torch.cat(list(_threads().map(backward_chunk, chunks)), dim=1), None, None, None, None
+        grads = torch.cat(list(_threads().map(backward_chunk, chunks)), dim=1).to(dtype)
+        return grads, None, None, None, None
 
 
 def roi_align(features, rois, output_size, spatial_scale: float, sampling_ratio: int):
