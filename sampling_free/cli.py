@@ -172,6 +172,28 @@ def cmd_export(args) -> int:
     return 0 if agree == len(reports) else 1
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare
+    from .engine.runtime import setup_logging
+
+    path = find_config(args.config_file)
+    out = Path(args.out or Path("output") / "compare" / path.stem)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging()
+    compare(path, args.opts, seeds=args.seeds, variants=args.variants, out_dir=out)
+    print(f"written: {out}/comparison.md, comparison.json, comparison_ap.png, comparison_loss.png")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot_runs
+
+    keys = tuple(args.keys)
+    out = plot_runs(args.runs, args.out, keys=keys)
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sampling-free", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images (or folders) to compare exported and eager detections on; the first is also the "
                         "trace example (default: 3 images of the built-in shapes dataset)")
     p.set_defaults(func=cmd_export)
+
+    from .compare import VARIANTS
+
+    p = sub.add_parser("compare", help="train and evaluate the baseline, the ablation and sampling-free over seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="V",
+                   help=f"default: all of {', '.join(VARIANTS)}")
+    p.add_argument("--out", metavar="DIR", help="default: output/compare/<config name>")
+    with_config(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("plot", help="loss curves (and AP over checkpoints) of run folders, overlaid, to a PNG")
+    p.add_argument("runs", nargs="+", metavar="OUTPUT_DIR")
+    p.add_argument("--out", default="curves.png", metavar="FILE")
+    p.add_argument("--keys", nargs="+", default=["loss"], metavar="KEY",
+                   help="metrics.jsonl fields to draw (default: loss)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -21,12 +21,14 @@ def setup_logging(out_dir: str | Path | None = None, *, level: int = logging.INF
         console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         console._sampling_free_console = True
         root.addHandler(console)
-    if out_dir is not None:
-        path = str(Path(out_dir) / "log.txt")
-        if not any(getattr(h, "baseFilename", None) == str(Path(path).resolve()) for h in root.handlers):
-            handler = logging.FileHandler(path)
-            handler.setFormatter(logging.Formatter(_FORMAT))
-            root.addHandler(handler)
+    if out_dir is not None:  # one run's log.txt at a time (several runs in one process: compare, tests)
+        for h in [h for h in root.handlers if getattr(h, "_sampling_free_file", False)]:
+            root.removeHandler(h)
+            h.close()
+        handler = logging.FileHandler(Path(out_dir) / "log.txt")
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler._sampling_free_file = True
+        root.addHandler(handler)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,50 @@
+"""The comparison command (ablation over seeds, resumable), its statistics, plots, and TensorBoard logging."""
+import json
+
+import pytest
+
+from sampling_free.cli import main
+from sampling_free.compare import markdown_table, summarise
+
+
+def test_summary_statistics_by_hand():
+    aps = {"AP": 0, "AP50": 0, "AP75": 0, "APs": 0, "APm": 0, "APl": 0}
+    results = {"baseline": {0: {"bbox": {**aps, "AP": 30.0}}, 1: {"bbox": {**aps, "AP": 34.0}}},
+               "no_heuristic": {0: {"diverged": "iteration 3: loss_retina_cls is nan"}, 1: {"bbox": {**aps, "AP": 1.0}}}}
+    summary = summarise(results)
+    assert summary["baseline"]["bbox"]["AP"]["mean"] == 32.0
+    assert summary["baseline"]["bbox"]["AP"]["std"] == pytest.approx(2.8284271, rel=1e-6)  # sqrt(((-2)^2+2^2)/1)
+    assert summary["no_heuristic"]["diverged"] == [0] and summary["no_heuristic"]["bbox"]["AP"]["std"] == 0.0
+    table = markdown_table(summary, {"baseline": "heuristic"})
+    assert "| heuristic | 32.0 ± 2.8 |" in table and "2 (1 diverged)" in table
+
+
+def test_compare_runs_resumes_and_plots(tiny_dataset_overrides, tmp_path, capsys):
+    opts = [x for k, v in {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 2}.items()
+            for x in (k, v if isinstance(v, str) else repr(v))]
+    args = ["compare", "--seeds", "0", "--variants", "baseline", "sampling_free", "--out", str(tmp_path), *opts]
+    assert main(args) == 0
+    for name in ("comparison.md", "comparison.json", "comparison_ap.png", "comparison_loss.png"):
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "comparison.json").read_text())["summary"]
+    assert set(summary) == {"baseline", "sampling_free"}
+    assert "sampling-free (all three)" in (tmp_path / "comparison.md").read_text()
+    final = tmp_path / "sampling_free" / "seed0" / "model_final.pth"
+    stamp = final.stat().st_mtime_ns
+    assert main(args) == 0  # a second call reads the finished runs back instead of training again
+    assert final.stat().st_mtime_ns == stamp
+
+
+def test_plot_and_tensorboard(tiny_dataset_overrides, tmp_path):
+    opts = {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 3, "SOLVER.CHECKPOINT_PERIOD": 3, "OUTPUT_DIR": str(tmp_path)}
+    assert main(["train", "--skip-test", *[x for k, v in opts.items() for x in (k, v if isinstance(v, str)
+                                                                                 else repr(v))]]) == 0
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3]
