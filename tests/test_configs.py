@@ -14,7 +14,9 @@ def test_configs_ship_with_the_package():
     names = {str(p.relative_to(CONFIG_ROOT)) for p in CONFIGS}
     assert {"quickstart/retinanet_mobilenet_v2_shapes.yaml", "retinanet/retinanet_R_50_FPN_1x.yaml",
             "retinanet/retinanet_R_101_FPN_1x.yaml", "faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
-            "faster_rcnn/faster_rcnn_R_101_FPN_1x.yaml", "mask_rcnn/mask_rcnn_R_50_FPN_1x.yaml"} <= names
+            "faster_rcnn/faster_rcnn_R_101_FPN_1x.yaml", "mask_rcnn/mask_rcnn_R_50_FPN_1x.yaml",
+            "retinanet/retinanet_voc_R_50_FPN_0.2x.yaml", "faster_rcnn/faster_rcnn_voc_R_50_FPN_0.2x.yaml",
+            "fcos/fcos_R_50_FPN_1x.yaml", "cascade_rcnn/cascade_rcnn_R_50_FPN_1x.yaml"} <= names
     assert Path("configs").resolve() == CONFIG_ROOT  # the top-level folder is the packaged one
 
 
