@@ -232,7 +232,7 @@ def describe(name: str, report: dict) -> str:
         return f"{name}: the export failed to run ({report['error']})"
     text = (f"{name}: eager {report['eager']}, exported {report['exported']}, matched {report['matched']}")
     unmatched = [f"{report[k]} {k}" for k in ("borderline", "weak", "missing") if report[k]]
-    text += f" (unmatched: {', '.join(unmatched)})" if unmatched else ""
+    text += f" (unmatched, either side: {', '.join(unmatched)})" if unmatched else ""
     text += f", max |Δbox| {report['max_box_diff']:.2g} px, max |Δscore| {report['max_score_diff']:.2g}"
     if "max_mask_diff" in report:
         text += f", max |Δmask| {report['max_mask_diff']:.2g}"

@@ -33,9 +33,12 @@ def draw_detections(image: torch.Tensor, detections: dict, *, score_threshold: f
                     mask_alpha: float = MASK_ALPHA) -> torch.Tensor:
     """``image`` (CHW, uint8 or float 0-1) with the detections scoring at least ``score_threshold``: masks blended
     at ``mask_alpha`` first, then box outlines and a "name score" tag inside each box's top-left corner, in the
-    class's colour. ``detections`` as ``Detector.predict`` returns them. Returns a uint8 CHW tensor."""
+    class's colour, weakest first so the strongest are on top. ``detections`` as ``Detector.predict`` returns
+    them. Returns a uint8 CHW tensor."""
     canvas = _as_uint8(image.cpu())
-    keep = torch.where(detections["scores"].cpu() >= score_threshold)[0]
+    scores = detections["scores"].cpu()
+    keep = torch.where(scores >= score_threshold)[0]
+    keep = keep[torch.argsort(scores[keep], stable=True)]  # strongest drawn last, on top
     if len(keep) == 0:
         return canvas
     labels = detections["labels"].cpu()[keep].tolist()
@@ -47,8 +50,7 @@ def draw_detections(image: torch.Tensor, detections: dict, *, score_threshold: f
         canvas = draw_segmentation_masks(canvas, masks.reshape(len(keep), *canvas.shape[1:]), alpha=mask_alpha,
                                          colors=colours)
     names = detections.get("class_names")
-    texts = [f"{names[k] if names else labels[i]} {float(detections['scores'][k]):.2f}"
-             for i, k in enumerate(keep.tolist())]
+    texts = [f"{names[k] if names else labels[i]} {float(scores[k]):.2f}" for i, k in enumerate(keep.tolist())]
     width = max(1, round(min(canvas.shape[1:]) / 200))  # visible on 160 px thumbnails and on 1333 px photos
     return draw_bounding_boxes(canvas, detections["boxes"].cpu()[keep], labels=texts, colors=colours, width=width,
                                fill_labels=True)

@@ -1,6 +1,8 @@
 """``sampling-free export``: the exported model against the eager model's own detections on the same inputs."""
 import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sampling_free.export import BOX_TOL, SCORE_TOL, Exported, compare, export_a
 from tiny_models import CLASS_NAMES, save_tiny_checkpoint
 
 SIZE = (96, 128)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "demo_and_export.md"
 
 
 def shapes_images(split, count):
@@ -130,3 +133,20 @@ def test_onnx_without_onnx_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"ONNX export needs the onnx package: pip install 'sampling-free\[export\]'"):
         main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_documented_use_of_an_export_runs(tmp_path, monkeypatch):
+    """The ```python block of docs/demo_and_export.md, on exports of a tiny RetinaNet at the paths it names."""
+    pytest.importorskip("onnxruntime", reason="pip install 'sampling-free[export]'")
+    monkeypatch.chdir(tmp_path)
+    shapes.write_dataset(tmp_path / "shapes", seed=0, splits={"val": 1})
+    detector = Detector.from_checkpoint(save_tiny_checkpoint(tmp_path / "run", "retinanet"))
+    image = load_image("shapes/val/000000.jpg")
+    for fmt, out in [("onnx", "retinanet.onnx"), ("torchscript", "retinanet.pt")]:
+        export_and_check(detector.model, fmt=fmt, out=out, image_size=SIZE, images=[image], class_names=CLASS_NAMES)
+    (block,) = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    namespace = {}
+    exec(compile(block, str(DOCS), "exec"), namespace)
+    with torch.no_grad():  # the block ends with the TorchScript model's boxes, in the H x W input's pixels
+        want = detector.model([resize_for_export(image, SIZE)[0]])[0]
+    assert len(want["boxes"]) > 0 and torch.equal(namespace["boxes"], want["boxes"])
