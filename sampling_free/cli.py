@@ -176,6 +176,7 @@ def cmd_compare(args) -> int:
     from .compare import compare
     from .engine.runtime import setup_logging
 
+    args.variants, args.opts = _split_trailing_overrides(args.variants, args.opts)
     path = find_config(args.config_file)
     out = Path(args.out or Path("output") / "compare" / path.stem)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train and evaluate the baseline, the ablation and sampling-free over seeds")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="V",
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="V",
                    help=f"default: all of {', '.join(VARIANTS)}")
     p.add_argument("--out", metavar="DIR", help="default: output/compare/<config name>")
     with_config(p)

@@ -185,3 +185,21 @@ def load_config(
 
 def save_config(cfg: CfgNode, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def with_values(cfg: CfgNode, values: dict[str, Any]) -> CfgNode:
+    """A copy of ``cfg`` with some keys changed (validated like any override)."""
+    flat = dict(_leaves_of(cfg))
+    for key, value in values.items():
+        if key not in ALL_KEYS:
+            raise _unknown(key, "with_values")
+        flat[key] = coerce(key, ALL_KEYS[key], value, "with_values")
+    return _nest(flat)
+
+
+def _leaves_of(node: dict, prefix: str = ""):
+    for name, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves_of(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed as dist
-from ..config import CfgNode, save_config
+from ..config import CfgNode, save_config, with_values
 from ..data.build import build_datasets, build_train_loader
 from ..modeling import build_model
 from ..prior import config_prior, estimate_prior, write_json_atomic
@@ -98,6 +98,7 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
     device = dist.init_from_environment(device.type) or device
     amp_dtype = _check_amp(cfg, device)
     out_dir = default_output_dir(cfg, config_file)
+    cfg = with_values(cfg, {"OUTPUT_DIR": str(out_dir)})  # config.yaml records where its run lives
     if dist.is_main():
         ensure_writable(out_dir)
     dist.barrier()
