@@ -101,30 +101,38 @@ class COCODetection(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, hflip = item if isinstance(item, tuple) else (item, False)
         r = self._records[index]
-        try:
-            with Image.open(r["file"]) as img:
-                image = pil_to_tensor(img.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{r['file']}: cannot read image (image id {r['id']} in {self.ann_file}): {exc}") \
-                from None
-        if tuple(image.shape[1:]) != (r["height"], r["width"]):
-            raise DatasetError(f"{r['file']}: image is {image.shape[2]}x{image.shape[1]} but {self.ann_file} says "
-                               f"{r['width']}x{r['height']} (image id {r['id']})")
+        image = read_image(r["file"], (r["height"], r["width"]),
+                           source=f"image id {r['id']} in {self.ann_file}", sizes_from=str(self.ann_file))
         target = {"boxes": torch.from_numpy(r["boxes"].copy()), "labels": torch.from_numpy(r["labels"].copy()),
                   "image_id": r["id"]}
         if self.with_masks:
             masks = np.stack([self.coco.annToMask(a) for a in r["anns"]]) if r["anns"] else \
                 np.zeros((0, r["height"], r["width"]), dtype=np.uint8)
             target["masks"] = torch.from_numpy(masks)
-        image = image.float().div_(255)
-        if hflip:
-            image = image.flip(-1)
-            boxes = target["boxes"]
-            target["boxes"] = torch.stack([r["width"] - boxes[:, 2], boxes[:, 1], r["width"] - boxes[:, 0],
-                                           boxes[:, 3]], dim=1)
-            if self.with_masks:
-                target["masks"] = target["masks"].flip(-1)
-        return image, target
+        return (flip_horizontally(image, target) if hflip else (image, target))
+
+
+def read_image(path: Path, size: tuple[int, int], *, source: str, sizes_from: str) -> torch.Tensor:
+    """An RGB image as floats in [0, 1], checked against the (height, width) its annotations give."""
+    try:
+        with Image.open(path) as img:
+            image = pil_to_tensor(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read image ({source}): {exc}") from None
+    if tuple(image.shape[1:]) != tuple(size):
+        raise DatasetError(f"{path}: image is {image.shape[2]}x{image.shape[1]} but {sizes_from} says "
+                           f"{size[1]}x{size[0]} ({source})")
+    return image.float().div_(255)
+
+
+def flip_horizontally(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    width = image.shape[-1]
+    boxes = target["boxes"]
+    target = {**target, "boxes": torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]],
+                                             dim=1)}
+    if "masks" in target:
+        target["masks"] = target["masks"].flip(-1)
+    return image.flip(-1), target
 
 
 def _quiet_coco(ann_file: Path) -> COCO:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
-from torchvision.transforms.functional import pil_to_tensor
 
-from .coco import DatasetError
+from .coco import DatasetError, flip_horizontally, read_image
 
 logger = logging.getLogger(__name__)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -188,23 +186,12 @@ class VOCDetection(torch.utils.data.Dataset):
         index, hflip = item if isinstance(item, tuple) else (item, False)
         r = self._records[index]
         image_id = self.image_ids[index]
-        try:
-            with Image.open(r["file"]) as img:
-                image = pil_to_tensor(img.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{r['file']}: cannot read image ({r['file_id']} in {self.ann_file}): {exc}") \
-                from None
-        if tuple(image.shape[1:]) != (r["height"], r["width"]):
-            raise DatasetError(f"{r['file']}: image is {image.shape[2]}x{image.shape[1]} but its annotation says "
-                               f"{r['width']}x{r['height']} ({self.root / 'Annotations' / r['file_id']}.xml)")
+        xml = self.root / "Annotations" / f"{r['file_id']}.xml"
+        image = read_image(r["file"], (r["height"], r["width"]), source=f"{r['file_id']} in {self.ann_file}",
+                           sizes_from=str(xml))
         boxes, labels = self.annotations(index)
         target = {"boxes": torch.from_numpy(boxes.copy()), "labels": torch.from_numpy(labels.copy()),
                   "image_id": image_id}
         if not self.training:
             target["difficult"] = torch.from_numpy(self.difficult(index).copy())
-        image = image.float().div_(255)
-        if hflip:
-            image = image.flip(-1)
-            b = target["boxes"]
-            target["boxes"] = torch.stack([r["width"] - b[:, 2], b[:, 1], r["width"] - b[:, 0], b[:, 3]], dim=1)
-        return image, target
+        return flip_horizontally(image, target) if hflip else (image, target)

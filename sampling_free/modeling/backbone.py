@@ -126,3 +126,10 @@ def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int,
     top = 7 if top_block == "p6p7" else 6
     backbone.level_strides = [2**level for level in range(min_level, top + 1)]
     return backbone
+
+
+def backbone_from_config(cfg) -> BackboneWithFPN:
+    m = cfg.MODEL
+    return build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
+                          trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
+                          min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)

@@ -27,7 +27,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import average_count
 from ..mechanism import adaptive_score_threshold, optimal_bias
-from .backbone import build_backbone
+from .backbone import backbone_from_config
 from .common import GridPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     resolve_switches
 
@@ -187,9 +187,7 @@ class SamplingFreeFCOS(FCOS):
 
 def build_fcos(cfg, num_classes: int) -> SamplingFreeFCOS:
     m = cfg.MODEL
-    backbone = build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
-                              trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
-                              min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
+    backbone = backbone_from_config(cfg)
     return SamplingFreeFCOS(
         backbone, num_classes=num_classes, switches=resolve_switches(cfg, default_scale=1.0), cfg_fcos=m.FCOS,
         anchor_generator=build_anchor_generator(cfg, len(backbone.level_strides)), transform=build_transform(cfg),

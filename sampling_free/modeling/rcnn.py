@@ -30,7 +30,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 
 from ..distributed import average_count
 from ..mechanism import optimal_bias
-from .backbone import build_backbone
+from .backbone import backbone_from_config
 from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     inside_image, resolve_switches
 from .roi_align import ParallelMultiScaleRoIAlign
@@ -196,9 +196,7 @@ class SamplingFreeRCNN(GeneralizedRCNN):
 def build_backbone_and_rpn(cfg, switches: Switches):
     """The parts every two-stage detector shares: backbone + FPN, the RPN, and the FPN level names for RoIAlign."""
     m = cfg.MODEL
-    backbone = build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
-                              trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
-                              min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
+    backbone = backbone_from_config(cfg)
     anchor_generator = build_anchor_generator(cfg, len(backbone.level_strides))
     r = m.RPN
     rpn = SamplingFreeRPN(

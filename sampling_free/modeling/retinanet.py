@@ -28,7 +28,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..distributed import average_count
 from ..mechanism import adaptive_score_threshold, optimal_bias
-from .backbone import build_backbone
+from .backbone import backbone_from_config
 from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     resolve_switches
 
@@ -169,9 +169,7 @@ class SamplingFreeRetinaNet(RetinaNet):
 
 def build_retinanet(cfg, num_classes: int) -> SamplingFreeRetinaNet:
     m = cfg.MODEL
-    backbone = build_backbone(name=m.BACKBONE.NAME, weights=m.BACKBONE.WEIGHTS, norm=m.BACKBONE.NORM,
-                              trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
-                              min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
+    backbone = backbone_from_config(cfg)
     return SamplingFreeRetinaNet(
         backbone, num_classes=num_classes, switches=resolve_switches(cfg, default_scale=1.0), cfg_retina=m.RETINANET,
         anchor_generator=build_anchor_generator(cfg, len(backbone.level_strides)), transform=build_transform(cfg),
