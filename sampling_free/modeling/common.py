@@ -13,7 +13,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from ..distributed import mean_over_ranks
-from ..mechanism import guided_loss_scaling
+from ..mechanism import guided_loss_scaling, optimal_bias
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -122,6 +122,28 @@ def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> t
     h, w = image_size
     t = straddle_thresh
     return (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t) & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
+
+
+class OneStagePrior:
+    """π bookkeeping of the one-stage detectors (RetinaNet, FCOS), whose classifier is head.classification_head."""
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.classification_head.num_classes
+
+    @property
+    def classification_bias(self) -> torch.Tensor:
+        return self.head.classification_head.cls_logits.bias
+
+    def set_classification_prior(self, prior: float) -> None:
+        with torch.no_grad():
+            self.classification_bias.fill_(optimal_bias(prior))
+
+    def set_prior(self, prior: float) -> None:
+        """Record the dataset prior π; with ``bias_init`` on, also start the classification bias there."""
+        self.prior.set(prior)
+        if self.switches.bias_init:
+            self.set_classification_prior(prior)
 
 
 class GridPriorCounter:

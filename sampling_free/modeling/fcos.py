@@ -26,9 +26,9 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import average_count
-from ..mechanism import adaptive_score_threshold, optimal_bias
+from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
-from .common import GridPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
+from .common import GridPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     resolve_switches
 
 
@@ -78,7 +78,7 @@ class FCOSPriorCounter(GridPriorCounter):
                 "center_sampling_radius": self.radius, "num_classes": self.num_classes}
 
 
-class SamplingFreeFCOS(FCOS):
+class SamplingFreeFCOS(OneStagePrior, FCOS):
     """torchvision ``FCOS`` with the loss, bias and threshold above; labels are 1..C like the datasets."""
 
     def __init__(self, backbone, *, num_classes: int, switches: Switches, cfg_fcos, anchor_generator, transform,
@@ -95,25 +95,8 @@ class SamplingFreeFCOS(FCOS):
         self.set_classification_prior(c.PRIOR_PROB)
 
     @property
-    def num_classes(self) -> int:
-        return self.head.classification_head.num_classes
-
-    @property
-    def classification_bias(self) -> torch.Tensor:
-        return self.head.classification_head.cls_logits.bias
-
-    @property
     def training_stats(self) -> dict[str, float]:
         return self.last_stats
-
-    def set_classification_prior(self, prior: float) -> None:
-        with torch.no_grad():
-            self.classification_bias.fill_(optimal_bias(prior))
-
-    def set_prior(self, prior: float) -> None:
-        self.prior.set(prior)
-        if self.switches.bias_init:
-            self.set_classification_prior(prior)
 
     def prior_counter(self) -> FCOSPriorCounter:
         return FCOSPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,

@@ -27,9 +27,9 @@ from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..distributed import average_count
-from ..mechanism import adaptive_score_threshold, optimal_bias
+from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
-from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
+from .common import AnchorPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
     resolve_switches
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -100,7 +100,7 @@ def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
     return tower
 
 
-class SamplingFreeRetinaNet(RetinaNet):
+class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
     """torchvision ``RetinaNet`` with the loss, bias and threshold above; labels are 1..C like the datasets."""
 
     def __init__(self, backbone, *, num_classes: int, switches: Switches, cfg_retina, anchor_generator, transform,
@@ -122,24 +122,6 @@ class SamplingFreeRetinaNet(RetinaNet):
                                   focal_alpha=rc.FOCAL_LOSS_ALPHA, focal_gamma=rc.FOCAL_LOSS_GAMMA,
                                   smooth_l1_beta=rc.SMOOTH_L1_BETA)
         self.set_classification_prior(rc.PRIOR_PROB)
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.classification_head.num_classes
-
-    @property
-    def classification_bias(self) -> torch.Tensor:
-        return self.head.classification_head.cls_logits.bias
-
-    def set_classification_prior(self, prior: float) -> None:
-        with torch.no_grad():
-            self.classification_bias.fill_(optimal_bias(prior))
-
-    def set_prior(self, prior: float) -> None:
-        """Record the dataset prior π; with ``bias_init`` on, also start the classification bias there."""
-        self.prior.set(prior)
-        if self.switches.bias_init:
-            self.set_classification_prior(prior)
 
     def test_thresholds(self) -> tuple[float, float]:
         """(score threshold, NMS IoU) used at inference."""
