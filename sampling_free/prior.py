@@ -65,12 +65,30 @@ def cache_dir(configured: str = "") -> Path:
 
 
 def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibility: int, hflip_prob: float,
-                  rank: int = 0, world_size: int = 1) -> dict:
-    """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard)."""
+                  rank: int = 0, world_size: int = 1, chunk: int = 20000) -> dict:
+    """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard).
+
+    Every (image, training size, flip) is a weighted "pass"; passes sharing a padded size go to the counter in
+    chunks when it can count many at once (``count_many``), else one by one (``count``)."""
     num_classes = counter.num_classes
     fg = np.zeros(num_classes, dtype=np.float64)
     bg, images, empty = 0.0, 0, 0
-    flips = [(False, 1.0 - hflip_prob), (True, hflip_prob)]
+    flips = [(flip, weight) for flip, weight in ((False, 1.0 - hflip_prob), (True, hflip_prob)) if weight > 0]
+    pending: dict[tuple[int, int], list] = {}
+
+    def flush(padded):
+        nonlocal fg, bg
+        group = pending.pop(padded)
+        if hasattr(counter, "count_many"):
+            per_class, background = counter.count_many(group)
+            fg += per_class
+            bg += background
+            return
+        for pad, size, boxes, labels, weight in group:
+            per_class, background = counter.count(pad, size, torch.from_numpy(boxes), torch.from_numpy(labels))
+            fg += weight * per_class
+            bg += weight * background
+
     position = 0
     for dataset in datasets:
         for index in range(len(dataset)):
@@ -86,16 +104,15 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
                 scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
                 padded = padded_size(new_h, new_w, size_divisibility)
                 for flip, weight in flips:
-                    if weight == 0:
-                        continue
                     b = scaled.copy()
                     if flip:
                         b[:, [0, 2]] = new_w - scaled[:, [2, 0]]
-                    per_class, background = counter.count(padded, (new_h, new_w), torch.from_numpy(b),
-                                                          torch.from_numpy(labels))
-                    w = weight / len(min_sizes)
-                    fg += w * per_class
-                    bg += w * background
+                    group = pending.setdefault(padded, [])
+                    group.append((padded, (new_h, new_w), b, labels, weight / len(min_sizes)))
+                    if len(group) >= chunk:
+                        flush(padded)
+    for padded in list(pending):
+        flush(padded)
     return {"foreground_per_class": fg, "background": bg, "images": images, "empty_images": empty}
 
 

@@ -157,3 +157,49 @@ def test_estimate_is_cached_under_the_annotations_it_read(tmp_path):
     edited = StubDataset([((64, 64), BOXES[:2], LABELS[:2])])  # same name, one box fewer
     second = estimate_prior(Model(), [edited], cfg)
     assert second["source"] == "estimated" and second["cache_key"] != first["cache_key"]
+
+
+class _OneByOne:
+    """The brute-force path: every box against every anchor, through the matcher itself."""
+
+    def __init__(self, counter):
+        self.counter, self.num_classes = counter, counter.num_classes
+
+    def count(self, *args):
+        return self.counter.count(*args)
+
+
+def _random_dataset(seed, n=12):
+    g = np.random.default_rng(seed)
+    records = []
+    for k in range(n):
+        h, w = int(g.integers(150, 400)), int(g.integers(150, 400))
+        m = int(g.integers(0, 9))
+        size = np.exp(g.uniform(np.log(3), np.log(min(h, w)), size=(m, 2)))
+        xy = g.uniform(0, 1, size=(m, 2)) * (np.array([w, h]) - size * 0.5)
+        boxes = np.concatenate([xy, np.minimum(xy + size, [w, h])], 1).astype(np.float32)
+        if k == 0 and m:  # exact duplicates and a shared corner: ties everywhere
+            boxes = np.concatenate([boxes, boxes[:1], boxes[:1] + [0, 0, 5, 0]])
+        records.append(((h, w), torch.from_numpy(boxes), torch.from_numpy(g.integers(1, 4, len(boxes)))))
+    return StubDataset(records)
+
+
+@pytest.mark.parametrize("rule", ["retinanet", "rpn", "no_low_quality"])
+def test_windowed_counting_equals_every_box_against_every_anchor(rule):
+    from sampling_free.config import load_config
+    from sampling_free.modeling import build_model
+
+    config = "configs/quickstart/faster_rcnn_mobilenet_v2_shapes.yaml" if rule == "rpn" else \
+        "configs/quickstart/retinanet_mobilenet_v2_shapes.yaml"
+    cfg = load_config(config, values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
+    counter = build_model(cfg, 3).prior_counter()
+    if rule == "no_low_quality":
+        counter.matcher = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=False)
+    kwargs = dict(min_sizes=[128, 200], max_size=333, size_divisibility=32, hflip_prob=0.5)
+    for seed in range(3):
+        ds = _random_dataset(seed)
+        fast = count_dataset([ds], counter, **kwargs)
+        slow = count_dataset([ds], _OneByOne(counter), **kwargs)
+        assert fast["foreground_per_class"].tolist() == slow["foreground_per_class"].tolist()
+        assert fast["background"] == slow["background"]
+        assert fast["foreground_per_class"].sum() > 0

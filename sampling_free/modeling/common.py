@@ -152,6 +152,7 @@ class GridPriorCounter:
     def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, num_classes: int):
         self.backbone, self.anchor_generator, self.num_classes = backbone, anchor_generator, num_classes
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, list[int]]] = {}
+        self._grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def locations(self, padded: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
         """(anchors of the whole pyramid, number per level), cached per padded size."""
@@ -164,7 +165,13 @@ class GridPriorCounter:
             per_level = [g.shape[-2] * g.shape[-1] * self.anchor_generator.num_anchors_per_location()[k]
                          for k, g in enumerate(grids)]
             self._cache[padded] = (anchors, per_level)
+            self._grids[padded] = [tuple(g.shape[-2:]) for g in grids]
         return self._cache[padded]
+
+    def level_grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
+        """(height, width) of every level's grid for ``padded``."""
+        self.locations(padded)
+        return self._grids[padded]
 
     def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
         return self.locations(padded)[0]
@@ -193,6 +200,16 @@ class AnchorPriorCounter(GridPriorCounter):
         classes = torch.zeros_like(labels) if self.class_agnostic else labels - 1
         per_class = torch.bincount(classes[matched[fg]], minlength=self.num_classes)
         return per_class.double().numpy(), float((matched == self.matcher.BELOW_LOW_THRESHOLD).sum())
+
+    def count_many(self, passes) -> tuple[np.ndarray, float]:
+        """The weighted counts of many (padded, image_size, boxes, labels, weight) passes sharing one padded size,
+        by ``fast_prior.count_images`` (windows instead of every box against every anchor)."""
+        from .fast_prior import count_images
+
+        return count_images(self, passes, low=self.matcher.low_threshold, high=self.matcher.high_threshold,
+                            allow_low_quality=self.matcher.allow_low_quality_matches,
+                            straddle=self.straddle_thresh, num_classes=self.num_classes,
+                            class_agnostic=self.class_agnostic)
 
     def describe(self) -> dict:
         return {"anchor_sizes": [list(s) for s in self.anchor_generator.sizes],

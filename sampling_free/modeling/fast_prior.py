@@ -1,0 +1,202 @@
+"""Anchor prior counts for a whole dataset at once, without comparing every box to every anchor.
+
+``AnchorPriorCounter.count`` matches one image's boxes against all of its anchors (about 120k at COCO scale), which
+for COCO's 118k images x 2 flips is ~10^11 IoUs. Here each box is compared only with the anchors that can reach the
+background threshold: for an anchor shape of area ``a`` and a box of area ``b``, IoU >= t needs ``min/max(a, b) >= t``
+and a centre offset |dx| <= (w_a + w_b)/2 - t * max(a, b) / min(h_a, h_b) (same in y), so each (box, shape) pair
+has a small window of grid positions. All boxes of many images go through in one vectorised pass per anchor shape;
+an anchor matched by several boxes is counted once. The result equals the matcher's (tests compare it with the
+brute-force counter), including low-quality matches, which are found among the same windows and, for the rare box
+whose best anchor lies outside them, against all of its image's anchors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class ShapeGrid:
+    """One anchor shape on one level of one padded input size: its grid, stride, offset in the anchor list."""
+
+    __slots__ = ("base", "stride", "grid", "offset", "step")
+
+    def __init__(self, base, stride, grid, offset, step):
+        self.base, self.stride, self.grid, self.offset, self.step = base, stride, grid, offset, step
+
+
+def shape_grids(counter, padded) -> tuple[list[ShapeGrid], int]:
+    """The anchor layout torchvision's AnchorGenerator produces for ``padded``: per level, positions major and
+    shapes minor; anchor (level, i, j, a) = (j * stride_x, i * stride_y) + rounded base box a."""
+    anchors, _ = counter.locations(padded)
+    out, offset = [], 0
+    for (gh, gw), cell in zip(counter.level_grids(padded), counter.anchor_generator.cell_anchors):
+        stride = (padded[0] // gh, padded[1] // gw)
+        for a, base in enumerate(cell.tolist()):
+            out.append(ShapeGrid(base, stride, (gh, gw), offset + a, len(cell)))
+        offset += gh * gw * len(cell)
+    assert offset == anchors.shape[0]
+    return out, offset
+
+
+def _candidates(g: ShapeGrid, boxes, idx, dx, dy, sizes_of_box, straddle):
+    """(anchor id, box index, IoU, visible, anchor box) for the anchors of shape ``g`` whose centre lies within
+    (dx, dy) of the centre of box ``idx`` and that overlap it at all."""
+    x1o, y1o, x2o, y2o = g.base
+    sy, sx = g.stride
+    gh, gw = g.grid
+    b = boxes[idx]
+    acx, acy = (x1o + x2o) / 2, (y1o + y2o) / 2
+    j0 = torch.clamp(torch.ceil(((b[:, 0] + b[:, 2]) / 2 - dx - acx) / sx), min=0).int()
+    j1 = torch.clamp(torch.floor(((b[:, 0] + b[:, 2]) / 2 + dx - acx) / sx), max=gw - 1).int()
+    i0 = torch.clamp(torch.ceil(((b[:, 1] + b[:, 3]) / 2 - dy - acy) / sy), min=0).int()
+    i1 = torch.clamp(torch.floor(((b[:, 1] + b[:, 3]) / 2 + dy - acy) / sy), max=gh - 1).int()
+    nx, ny = (j1 - j0 + 1).clamp(min=0), (i1 - i0 + 1).clamp(min=0)
+    n = nx * ny
+    pair = torch.repeat_interleave(torch.arange(len(idx), dtype=torch.int32), n)
+    k = torch.arange(int(n.sum()), dtype=torch.int32) - (torch.cumsum(n, 0, dtype=torch.int32) - n)[pair]
+    width = nx[pair]
+    j, i = j0[pair] + k % width, i0[pair] + k // width
+    ax1, ay1 = (j * sx).float() + x1o, (i * sy).float() + y1o
+    ax2, ay2 = ax1 + (x2o - x1o), ay1 + (y2o - y1o)
+    bp = b[pair]
+    iw = (torch.minimum(ax2, bp[:, 2]) - torch.maximum(ax1, bp[:, 0])).clamp_(min=0)
+    ih = (torch.minimum(ay2, bp[:, 3]) - torch.maximum(ay1, bp[:, 1])).clamp_(min=0)
+    inter = iw * ih
+    iou = inter / ((x2o - x1o) * (y2o - y1o) + (bp[:, 2] - bp[:, 0]) * (bp[:, 3] - bp[:, 1]) - inter)
+    hit = torch.where(iou > 0)[0]
+    anchor = torch.stack([ax1[hit], ay1[hit], ax2[hit], ay2[hit]], dim=1)
+    box = idx[pair[hit].long()]
+    return g.offset + (i[hit].long() * gw + j[hit].long()) * g.step, box, iou[hit], \
+        _inside(anchor, sizes_of_box[box], straddle), anchor
+
+
+def count_images(counter, passes, *, low: float, high: float, allow_low_quality: bool, straddle: float,
+                 num_classes: int, class_agnostic: bool) -> tuple[np.ndarray, float]:
+    """Weighted foreground-per-class and background counts over ``passes``: (padded, image_size, boxes, labels,
+    weight) tuples that share one padded size. Equal to the matcher's counts (tests/test_prior.py)."""
+    grids, total = shape_grids(counter, passes[0][0])
+    counts = torch.tensor([len(p[2]) for p in passes], dtype=torch.int64)
+    boxes = torch.from_numpy(np.concatenate([p[2] for p in passes]).astype(np.float32)).reshape(-1, 4)
+    labels = torch.from_numpy(np.concatenate([p[3] for p in passes]).astype(np.int64))
+    owner = torch.repeat_interleave(torch.arange(len(passes)), counts)
+    sizes = torch.tensor([p[1] for p in passes], dtype=torch.float32).reshape(-1, 2)
+    weights = torch.tensor([p[4] for p in passes], dtype=torch.float64)
+    valid = torch.from_numpy(_valid_anchor_counts(grids, sizes, straddle))
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    b_area = bw * bh
+    found = []
+
+    def windows(g: ShapeGrid, idx, t):
+        """Candidates of shape ``g`` for boxes ``idx`` that can reach IoU >= t (t per box or one number)."""
+        x1o, y1o, x2o, y2o = g.base
+        wa, ha = x2o - x1o, y2o - y1o
+        w, h, area = bw[idx], bh[idx], b_area[idx]
+        big = torch.clamp(area, min=wa * ha)
+        dx = (wa + w) / 2 - t * big / torch.clamp(h, max=ha)
+        dy = (ha + h) / 2 - t * big / torch.clamp(w, max=wa)
+        ok = (torch.clamp(area, max=wa * ha) >= t * big) & (dx >= 0) & (dy >= 0)
+        if ok.any():
+            found.append(_candidates(g, boxes, idx[ok], dx[ok], dy[ok], sizes[owner], straddle))
+
+    everything = torch.arange(len(boxes))
+    for g in grids:  # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc)
+        windows(g, everything, low)
+    if allow_low_quality:
+        # pass 2: a box whose best anchor is below ``low`` still matches it. Its IoU with a shape is at most
+        # min/max of the two areas (``bound``): search the most promising shape in full, which gives a floor for
+        # the best IoU, then every shape that can beat the floor, with windows drawn for that floor.
+        best = torch.zeros(len(boxes))
+        for _, box, iou, _, _ in found:
+            best.scatter_reduce_(0, box, iou, reduce="amax")
+        need = torch.where((best < low) & (b_area > 0))[0]
+        if len(need):
+            areas = torch.tensor([(g.base[2] - g.base[0]) * (g.base[3] - g.base[1]) for g in grids])
+            bound = torch.minimum(b_area[need, None], areas) / torch.maximum(b_area[need, None], areas)
+            first = bound.argmax(1)
+            start = len(found)
+            for k, g in enumerate(grids):
+                windows(g, need[first == k], 0.0)
+            floor = best.clone()
+            for _, box, iou, _, _ in found[start:]:
+                floor.scatter_reduce_(0, box, iou, reduce="amax")
+            floor = floor[need]
+            for k, g in enumerate(grids):
+                sel = (bound[:, k] >= floor) & (first != k)
+                if sel.any():
+                    windows(g, need[sel], floor[sel])
+    if not found:
+        return np.zeros(num_classes), float((valid * weights).sum())
+    ids, box_of, iou_of, visible, coords = (torch.cat(parts) for parts in zip(*found))
+    uniq, inverse = torch.unique(owner[box_of] * total + ids, return_inverse=True)  # one anchor of one pass
+    max_iou = torch.zeros(len(uniq)).scatter_reduce(0, inverse, iou_of, reduce="amax", include_self=False)
+    is_max = iou_of == max_iou[inverse]
+    arg = torch.full((len(uniq),), len(boxes), dtype=torch.int64).scatter_reduce(
+        0, inverse[is_max], box_of[is_max], reduce="amin")  # ties: the first box, as torch.max
+    foreground = max_iou >= high
+    if allow_low_quality:  # each box's best anchors (ties included) are foreground whatever their IoU
+        box_best = torch.zeros(len(boxes)).scatter_reduce(0, box_of, iou_of, reduce="amax", include_self=False)
+        foreground[inverse[iou_of == box_best[box_of]]] = True
+        # a low-quality match below ``low`` takes the class of its best box among *all* boxes of its image, and a
+        # box may overlap it by less than ``low`` without having had it in its windows: recompute those few exactly
+        redo = torch.where(foreground & (max_iou < low))[0]
+        if len(redo):
+            anchor_box = torch.zeros(len(uniq), 4).index_copy_(0, inverse, coords)[redo]
+            first = (torch.cumsum(counts, 0) - counts)[owner[arg[redo]]]
+            n = counts[owner[arg[redo]]]
+            pair = torch.repeat_interleave(torch.arange(len(redo)), n)
+            box = first[pair] + torch.arange(int(n.sum())) - (torch.cumsum(n, 0) - n)[pair]
+            iou = _paired_iou(anchor_box[pair], boxes[box])
+            top = torch.zeros(len(redo)).scatter_reduce(0, pair, iou, reduce="amax", include_self=False)
+            tie = iou == top[pair]
+            arg[redo] = torch.full((len(redo),), len(boxes), dtype=torch.int64).scatter_reduce(
+                0, pair[tie], box[tie], reduce="amin")
+    seen = torch.zeros(len(uniq), dtype=torch.bool)
+    seen[inverse[visible]] = True
+    pass_of = uniq // total
+    classes = torch.zeros_like(labels) if class_agnostic else labels - 1
+    chosen = foreground & seen
+    fg = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, classes[arg[chosen]], weights[pass_of[chosen]])
+    not_background = (max_iou >= low) | foreground
+    per_pass = torch.zeros(len(passes), dtype=torch.float64).index_add_(
+        0, pass_of[not_background & seen], torch.ones(int((not_background & seen).sum()), dtype=torch.float64))
+    return fg.numpy(), float(((valid - per_pass) * weights).sum())
+
+
+def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _inside(anchor, size, straddle):
+    if straddle < 0:
+        return torch.ones(len(anchor), dtype=torch.bool)
+    h, w = size[:, 0], size[:, 1]
+    return (anchor[:, 0] >= -straddle) & (anchor[:, 1] >= -straddle) & (anchor[:, 2] < w + straddle) & \
+        (anchor[:, 3] < h + straddle)
+
+
+def _valid_anchor_counts(grids, sizes, straddle) -> np.ndarray:
+    """Per pass: how many anchors the loss sees (all, or those inside the image by the straddle rule)."""
+    total = np.zeros(len(sizes))
+    for g in grids:
+        gh, gw = g.grid
+        if straddle < 0:
+            total += gh * gw
+            continue
+        sy, sx = g.stride
+        x1o, y1o, x2o, y2o = g.base
+        h, w = sizes[:, 0].numpy(), sizes[:, 1].numpy()
+        nx = _count_positions(gw, sx, x1o, x2o, w, straddle)
+        ny = _count_positions(gh, sy, y1o, y2o, h, straddle)
+        total += nx * ny
+    return total
+
+
+def _count_positions(n, stride, lo, hi, extent, straddle):
+    """#j in [0, n) with j*stride + lo >= -straddle and j*stride + hi < extent + straddle."""
+    first = np.maximum(0, np.ceil((-straddle - lo) / stride))
+    last = np.minimum(n - 1, np.ceil((extent + straddle - hi) / stride) - 1)
+    return np.maximum(0, last - first + 1)
+
