@@ -5,10 +5,15 @@ timed on a sample of real decoded images and extrapolated.
 
     python benchmarks/prior_scale.py                      # both COCO configs (RetinaNet, Faster R-CNN RPN)
     python benchmarks/prior_scale.py --images 20000       # a smaller set
+    python benchmarks/prior_scale.py --skip-exact         # only the sampled estimate (MODEL.SAMPLING_FREE.PRIOR_IMAGES)
+
+Also times the sampled estimate (``--sample`` images, as ``MODEL.SAMPLING_FREE.PRIOR_IMAGES`` does it) and reports its
+jackknife standard error and its distance from the exact π.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import time
 
@@ -18,7 +23,8 @@ import torch
 from sampling_free.config import load_config
 from sampling_free.data.build import build_datasets
 from sampling_free.modeling import build_model
-from sampling_free.prior import count_dataset, padded_size, resized_size
+from sampling_free.mechanism import prior_from_counts
+from sampling_free.prior import count_dataset, jackknife_standard_error, padded_size, resized_size, sample_folds
 
 CONFIGS = {"retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml",
            "faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml"}
@@ -80,6 +86,8 @@ def loader_approach_seconds_per_image(cfg, counter, samples: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=118_287)
+    p.add_argument("--sample", type=int, default=10_000, help="images of the sampled estimate (0: skip it)")
+    p.add_argument("--skip-exact", action="store_true", help="do not count every image")
     p.add_argument("--samples", type=int, default=100, help="images decoded to time the loader approach")
     p.add_argument("--detectors", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = p.parse_args()
@@ -87,19 +95,31 @@ def main():
     data = SyntheticCOCO(args.images)
     print(f"synthetic COCO: {len(data)} images, {len(data.boxes)} boxes, built in {time.perf_counter() - start:.1f}s")
     print(f"threads: {torch.get_num_threads()}")
-    print("| config | our estimate: s | π | loader approach: s/image | extrapolated to the set |\n|---|---|---|---|---|")
+    print("| config | every image: s | π | sampled: images, s | sampled π ± s.e. | loader approach: s/image "
+          "| extrapolated to the set |\n|---|---|---|---|---|---|---|")
     for name in args.detectors:
         cfg = load_config(CONFIGS[name], values={"MODEL.BACKBONE.WEIGHTS": ""})
         counter = build_model(cfg, 80).prior_counter()
-        start = time.perf_counter()
-        counts = count_dataset([data], counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-                               size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB)
-        ours = time.perf_counter() - start
-        fg = counts["foreground_per_class"].sum()
-        prior = fg / (fg + counts["background"]) / counter.num_classes
+        count = functools.partial(count_dataset, [data], counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN,
+                                  max_size=cfg.INPUT.MAX_SIZE_TRAIN, size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+                                  hflip_prob=cfg.INPUT.HFLIP_PROB)
+        exact, exact_s = float("nan"), float("nan")
+        if not args.skip_exact:
+            start = time.perf_counter()
+            counts = count()
+            exact_s = time.perf_counter() - start
+            exact = prior_from_counts(counts["foreground_per_class"].sum(), counts["background"], 80)
+        sampled = "—"
+        if 0 < args.sample < len(data):
+            start = time.perf_counter()
+            counts = count(folds=sample_folds(len(data), args.sample))
+            seconds = time.perf_counter() - start
+            prior = prior_from_counts(counts["foreground_per_class"].sum(), counts["background"], 80)
+            error = jackknife_standard_error(counts["per_fold"], 80)
+            sampled = f"{args.sample}, {seconds:.1f} | {prior:.4g} ± {error:.2g}"
         per_image = loader_approach_seconds_per_image(cfg, counter, args.samples)
-        print(f"| {name} | {ours:.1f} | {prior:.3g} | {per_image:.3f} | {per_image * len(data) / 60:.0f} min |",
-              flush=True)
+        print(f"| {name} | {exact_s:.1f} | {exact:.4g} | {sampled} | {per_image:.3f} | "
+              f"{per_image * len(data) / 60:.0f} min |", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak resident memory of this process: {peak:.2f} GiB")
 

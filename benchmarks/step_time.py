@@ -7,6 +7,9 @@ same round (median and min-max over rounds).
     python benchmarks/step_time.py --detector faster_rcnn --size 256 --batch 2 --rounds 5 --steps 4
     python benchmarks/step_time.py --detector mask_rcnn
     python benchmarks/step_time.py --detector retinanet
+    python benchmarks/step_time.py --detector fcos
+
+Cascade R-CNN has no torchvision counterpart; compare it with our Faster R-CNN by hand if needed.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import statistics
 import time
 
 import torch
-from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.ops import MultiScaleRoIAlign
 
 from sampling_free.config import load_config
@@ -27,29 +30,39 @@ from sampling_free.modeling.backbone import build_backbone
 from sampling_free.modeling.common import build_anchor_generator
 
 CONFIGS = {"faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
+           "fcos": "configs/fcos/fcos_R_50_FPN_1x.yaml",
            "mask_rcnn": "configs/mask_rcnn/mask_rcnn_R_50_FPN_1x.yaml",
            "retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml"}
 
 
-def torchvision_model(cfg, num_classes: int):
-    """Plain torchvision detector with the same backbone, anchors, sizes and sampling settings as ``cfg``."""
+def torchvision_model(cfg, num_classes: int, *, training: bool = True):
+    """Plain torchvision detector with the same backbone, anchors, sizes, sampling and test settings as ``cfg``."""
     m = cfg.MODEL
     backbone = build_backbone(name=m.BACKBONE.NAME, weights="", norm=m.BACKBONE.NORM,
                               trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
                               min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
     anchors = build_anchor_generator(cfg, len(backbone.level_strides))
-    common = dict(min_size=cfg.INPUT.MIN_SIZE_TRAIN[0], max_size=cfg.INPUT.MAX_SIZE_TRAIN)
-    if m.META_ARCHITECTURE == "RetinaNet":
-        return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, **common)
+    if training:
+        common = dict(min_size=cfg.INPUT.MIN_SIZE_TRAIN[0], max_size=cfg.INPUT.MAX_SIZE_TRAIN)
+    else:
+        common = dict(min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST)
+    one_stage = {"RetinaNet": (RetinaNet, m.RETINANET), "FCOS": (FCOS, m.FCOS)}
+    if m.META_ARCHITECTURE in one_stage:
+        cls, head = one_stage[m.META_ARCHITECTURE]
+        return cls(backbone, num_classes + 1, anchor_generator=anchors, score_thresh=head.SCORE_THRESH,
+                   nms_thresh=head.NMS_THRESH, topk_candidates=head.TOPK_CANDIDATES,
+                   detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **common)
     r, h = m.RPN, m.ROI_HEADS
     names = [f"p{level}" for level in range(m.FPN.MIN_LEVEL, 6)]  # torchvision's default names are "0".."3"
     pools = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2)}
     if m.MASK_ON:
         pools["mask_roi_pool"] = MultiScaleRoIAlign(names, 14, 2)
     kwargs = dict(rpn_anchor_generator=anchors, **pools, rpn_pre_nms_top_n_train=r.PRE_NMS_TOP_N_TRAIN,
-                  rpn_post_nms_top_n_train=r.POST_NMS_TOP_N_TRAIN, rpn_batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
+                  rpn_post_nms_top_n_train=r.POST_NMS_TOP_N_TRAIN, rpn_pre_nms_top_n_test=r.PRE_NMS_TOP_N_TEST,
+                  rpn_post_nms_top_n_test=r.POST_NMS_TOP_N_TEST, rpn_batch_size_per_image=r.BATCH_SIZE_PER_IMAGE,
                   box_batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, box_positive_fraction=h.POSITIVE_FRACTION,
-                  **common)
+                  box_score_thresh=h.SCORE_THRESH, box_nms_thresh=h.NMS_THRESH,
+                  box_detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **common)
     cls = MaskRCNN if m.MASK_ON else FasterRCNN
     return cls(backbone, num_classes + 1, **kwargs)
 

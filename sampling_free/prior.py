@@ -13,6 +13,7 @@ input sizes, flip probability), so a second run with the same setting reads it i
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -65,40 +66,49 @@ def cache_dir(configured: str = "") -> Path:
 
 
 def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibility: int, hflip_prob: float,
-                  rank: int = 0, world_size: int = 1, chunk: int = 20000) -> dict:
+                  rank: int = 0, world_size: int = 1, chunk: int = 20000, folds=None) -> dict:
     """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard).
 
     Every (image, training size, flip) is a weighted "pass"; passes sharing a padded size go to the counter in
-    chunks when it can count many at once (``count_many``), else one by one (``count``)."""
+    chunks when it can count many at once (``count_many``), else one by one (``count``). ``folds``: count only
+    these images (lists of 0-based positions in the concatenation of ``datasets``), shared out over the ranks,
+    with each fold's counts also returned (``per_fold``)."""
     num_classes = counter.num_classes
-    fg = np.zeros(num_classes, dtype=np.float64)
-    bg, images, empty = 0.0, 0, 0
+    fold_of = None if folds is None else {int(p): k for k, f in enumerate(folds) for p in f}
+    num_folds = 1 if folds is None else len(folds)
+    fg = np.zeros((num_folds, num_classes), dtype=np.float64)
+    bg = np.zeros(num_folds, dtype=np.float64)
+    images, empty = 0, 0
     flips = [(flip, weight) for flip, weight in ((False, 1.0 - hflip_prob), (True, hflip_prob)) if weight > 0]
     pending: dict[tuple[int, int], list] = {}
 
     def flush(padded):
-        nonlocal fg, bg
         group = pending.pop(padded)
+        fold = np.array([g[-1] for g in group])
         if hasattr(counter, "count_many"):
-            per_class, background = counter.count_many(group)
-            fg += per_class
-            bg += background
-            return
-        for pad, size, boxes, labels, weight in group:
-            per_class, background = counter.count(pad, size, torch.from_numpy(boxes), torch.from_numpy(labels))
-            fg += weight * per_class
-            bg += weight * background
+            per_class, background = counter.count_many([g[:-1] for g in group])
+        else:
+            per_class, background = np.zeros((len(group), num_classes)), np.zeros(len(group))
+            for k, (pad, size, boxes, labels, weight, _) in enumerate(group):
+                c, b = counter.count(pad, size, torch.from_numpy(boxes), torch.from_numpy(labels))
+                per_class[k], background[k] = weight * c, weight * b
+        np.add.at(fg, fold, per_class)
+        np.add.at(bg, fold, background)
 
-    position = 0
+    position, taken = -1, -1
     for dataset in datasets:
         for index in range(len(dataset)):
             position += 1
-            if (position - 1) % world_size != rank:
+            if fold_of is not None and position not in fold_of:
+                continue
+            taken += 1
+            if taken % world_size != rank:
                 continue
             height, width = dataset.image_size(index)
             boxes, labels = dataset.annotations(index)
             images += 1
             empty += int(len(boxes) == 0)
+            fold = 0 if fold_of is None else fold_of[position]
             for min_size in min_sizes:
                 new_h, new_w = resized_size(height, width, min_size, max_size)
                 scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
@@ -108,20 +118,29 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
                     if flip:
                         b[:, [0, 2]] = new_w - scaled[:, [2, 0]]
                     group = pending.setdefault(padded, [])
-                    group.append((padded, (new_h, new_w), b, labels, weight / len(min_sizes)))
+                    group.append((padded, (new_h, new_w), b, labels, weight / len(min_sizes), fold))
                     if len(group) >= chunk:
                         flush(padded)
     for padded in list(pending):
         flush(padded)
-    return {"foreground_per_class": fg, "background": bg, "images": images, "empty_images": empty}
+    result = {"foreground_per_class": fg.sum(0), "background": float(bg.sum()), "images": images,
+              "empty_images": empty}
+    if folds is not None:
+        result["per_fold"] = [{"foreground_per_class": fg[k], "background": float(bg[k])} for k in range(num_folds)]
+    return result
 
 
 def _sum_over_ranks(counts: dict) -> dict:
     """Add up the shards' counts (every process ends with the same totals)."""
     shards = gather_objects(counts)
-    return {"foreground_per_class": sum(c["foreground_per_class"] for c in shards),
-            "background": sum(c["background"] for c in shards), "images": sum(c["images"] for c in shards),
-            "empty_images": sum(c["empty_images"] for c in shards)}
+    total = {"foreground_per_class": sum(c["foreground_per_class"] for c in shards),
+             "background": sum(c["background"] for c in shards), "images": sum(c["images"] for c in shards),
+             "empty_images": sum(c["empty_images"] for c in shards)}
+    if "per_fold" in counts:
+        total["per_fold"] = [{key: sum(c["per_fold"][k][key] for c in shards) for key in ("foreground_per_class",
+                                                                                           "background")}
+                             for k in range(len(counts["per_fold"]))]
+    return total
 
 
 def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
@@ -135,6 +154,10 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         "min_sizes": list(cfg.INPUT.MIN_SIZE_TRAIN), "max_size": cfg.INPUT.MAX_SIZE_TRAIN,
         "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY, "hflip_prob": cfg.INPUT.HFLIP_PROB,
     }
+    total_images = sum(len(d) for d in datasets)
+    sample = cfg.MODEL.SAMPLING_FREE.PRIOR_IMAGES
+    if 0 < sample < total_images:
+        depends_on["sampled_images"] = sample
     key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:20]
     cache_file = cache_dir(cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR) / f"{key}.json"
     if cache_file.exists():
@@ -143,10 +166,13 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         return result
 
     start = time.perf_counter()
-    counts = _sum_over_ranks(count_dataset(
-        datasets, counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
+    count = functools.partial(
+        count_dataset, datasets, counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
         size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB, rank=rank(),
-        world_size=world_size()))
+        world_size=world_size())
+    sampled = "sampled_images" in depends_on
+    counts = _sum_over_ranks(count(folds=sample_folds(total_images, sample) if sampled else None))
+    standard_error = jackknife_standard_error(counts["per_fold"], counter.num_classes) if sampled else None
     num_fg = float(counts["foreground_per_class"].sum())
     prior = prior_from_counts(num_fg, counts["background"], counter.num_classes)
     names = class_names or [str(i + 1) for i in range(counter.num_classes)]
@@ -161,6 +187,8 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         "foreground_per_class": dict(zip(names, counts["foreground_per_class"].tolist())),
         "images": counts["images"],
         "images_without_objects": counts["empty_images"],
+        "images_in_dataset": total_images,
+        "prior_standard_error": standard_error,
         "seconds": round(time.perf_counter() - start, 3),
         "depends_on": depends_on,
         "cache_key": key,
@@ -169,6 +197,24 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         write_json_atomic(cache_file, result)
     result["source"] = "estimated"
     return result
+
+
+def sample_folds(total: int, sample: int, *, folds: int = 10) -> list[np.ndarray]:
+    """A fixed random subset of ``sample`` image positions out of ``total``, dealt into ``folds`` parts (seed 0,
+    whatever the training seed, so the cached estimate does not depend on it)."""
+    chosen = np.random.default_rng(0).choice(total, size=sample, replace=False)
+    return [np.sort(chosen[k::folds]) for k in range(min(folds, sample))]
+
+
+def jackknife_standard_error(folds: list[dict], num_classes: int) -> float:
+    """Delete-one-fold jackknife standard error of π = fg / (fg + bg) / C from per-fold counts."""
+    fg = np.array([f["foreground_per_class"].sum() for f in folds], dtype=np.float64)
+    bg = np.array([f["background"] for f in folds], dtype=np.float64)
+    k = len(folds)
+    if k < 2:
+        return float("nan")
+    leave_out = (fg.sum() - fg) / (fg.sum() - fg + bg.sum() - bg) / num_classes
+    return float(math.sqrt((k - 1) / k * ((leave_out - leave_out.mean()) ** 2).sum()))
 
 
 def config_prior(value: float, num_classes: int) -> dict:

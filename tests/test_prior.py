@@ -203,3 +203,36 @@ def test_windowed_counting_equals_every_box_against_every_anchor(rule):
         assert fast["foreground_per_class"].tolist() == slow["foreground_per_class"].tolist()
         assert fast["background"] == slow["background"]
         assert fast["foreground_per_class"].sum() > 0
+
+
+def test_sampled_estimate_counts_exactly_the_chosen_images_with_a_standard_error(tmp_path):
+    from sampling_free.config import load_config
+    from sampling_free.modeling import build_model
+    from sampling_free.prior import estimate_prior, sample_folds
+
+    cfg = load_config("configs/quickstart/retinanet_mobilenet_v2_shapes.yaml",
+                      values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18",
+                              "INPUT.MIN_SIZE_TRAIN": [128], "INPUT.MAX_SIZE_TRAIN": 200,
+                              "MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR": str(tmp_path), "MODEL.SAMPLING_FREE.PRIOR_IMAGES": 30})
+    model = build_model(cfg, 3)
+    ds = _random_dataset(7, n=60)
+    sampled = estimate_prior(model, [ds], cfg)
+    chosen = np.sort(np.concatenate(sample_folds(60, 30)))
+    assert len(set(chosen.tolist())) == 30
+    # independent: the chosen records as a dataset of their own, counted in one go
+    subset = StubDataset([ds.records[i] for i in chosen])
+    exact_subset = estimate_prior(model, [subset], _with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}))
+    assert sampled["images"] == 30 and sampled["images_in_dataset"] == 60
+    assert sampled["num_foreground"] == pytest.approx(exact_subset["num_foreground"], rel=1e-12)
+    assert sampled["num_background"] == pytest.approx(exact_subset["num_background"], rel=1e-12)
+    assert sampled["prior_standard_error"] > 0
+    full = estimate_prior(model, [ds], _with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}))
+    assert full["prior_standard_error"] is None and full["images"] == 60
+    assert abs(sampled["prior"] - full["prior"]) < 5 * sampled["prior_standard_error"]
+    assert sampled["cache_key"] != full["cache_key"]
+
+
+def _with(cfg, values):
+    from sampling_free.config.loader import with_values
+
+    return with_values(cfg, values)

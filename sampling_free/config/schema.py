@@ -77,6 +77,9 @@ SCHEMA: dict = {
                                    "original's fixed 1e-4)."),
             "SYNC_GUIDED_RATIO": _b(False, "Multi-process training: one guided-scaling ratio per step from the losses "
                                     "averaged over processes, instead of one per process (the original)."),
+            "PRIOR_IMAGES": _i(0, "Estimate pi on this many training images, a fixed random subset, with a jackknife "
+                               "standard error in prior.json (0: every image, exact). pi is a ratio of sums over "
+                               "images, so a sample pins it closely in a fraction of the time (docs/results.md)."),
             "PRIOR_CACHE_DIR": _s("", "Where estimated priors are cached. Empty: $SAMPLING_FREE_CACHE or "
                                   "~/.cache/sampling-free/priors."),
         },

@@ -55,7 +55,9 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
     model.set_prior(prior["prior"])
     if out_dir is not None and dist.is_main():
         write_json_atomic(out_dir / "prior.json", prior)
-    logger.info("prior π=%.3g (bias %.3f, adaptive threshold %.3g) from %s", prior["prior"], prior["bias"],
+    sampled = "" if prior.get("prior_standard_error") is None else \
+        f" ± {prior['prior_standard_error']:.2g} ({prior['images']} of {prior['images_in_dataset']} images)"
+    logger.info("prior π=%.3g%s (bias %.3f, adaptive threshold %.3g) from %s", prior["prior"], sampled, prior["bias"],
                 prior["score_threshold"], prior["source"])
     return model, prior
 

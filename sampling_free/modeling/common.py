@@ -201,9 +201,10 @@ class AnchorPriorCounter(GridPriorCounter):
         per_class = torch.bincount(classes[matched[fg]], minlength=self.num_classes)
         return per_class.double().numpy(), float((matched == self.matcher.BELOW_LOW_THRESHOLD).sum())
 
-    def count_many(self, passes) -> tuple[np.ndarray, float]:
-        """The weighted counts of many (padded, image_size, boxes, labels, weight) passes sharing one padded size,
-        by ``fast_prior.count_images`` (windows instead of every box against every anchor)."""
+    def count_many(self, passes) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted counts (foreground passes x classes, background per pass) of many (padded, image_size,
+        boxes, labels, weight) passes sharing one padded size, by ``fast_prior.count_images`` (windows instead of
+        every box against every anchor)."""
         from .fast_prior import count_images
 
         return count_images(self, passes, low=self.matcher.low_threshold, high=self.matcher.high_threshold,

@@ -38,42 +38,70 @@ def shape_grids(counter, padded) -> tuple[list[ShapeGrid], int]:
     return out, offset
 
 
-def _candidates(g: ShapeGrid, boxes, idx, dx, dy, sizes_of_box, straddle):
-    """(anchor id, box index, IoU, visible, anchor box) for the anchors of shape ``g`` whose centre lies within
-    (dx, dy) of the centre of box ``idx`` and that overlap it at all."""
+def _enumerate(lo, hi):
+    """(owner, value) for every integer in [lo[k], hi[k]], all k at once (a cumulative sum of run starts: much
+    faster than ``repeat_interleave`` on the CPU)."""
+    n = (hi - lo + 1).clamp(min=0)
+    ends = torch.cumsum(n, 0)
+    total = int(ends[-1]) if len(n) else 0
+    nonempty = torch.where(n > 0)[0]
+    marks = torch.zeros(total, dtype=torch.int32)
+    marks[(ends - n)[nonempty]] = 1
+    owner = nonempty[torch.cumsum(marks, 0, dtype=torch.int32) - 1]
+    return owner, lo[owner] + (torch.arange(total, dtype=torch.int32) - (ends - n).int()[owner])
+
+
+def _candidates(g: ShapeGrid, boxes, idx, t, dy, sizes_of_box, straddle):
+    """(anchor id, box index, IoU, visible, anchor box) for the anchors of shape ``g`` that reach IoU >= t[k] with
+    box ``idx[k]`` (and overlap it at all).
+
+    Rows are those whose centre lies within ``dy`` of the box centre; within a row, the overlap height ``oy`` is
+    known, so IoU >= t needs an overlap width of at least ``t / (1 + t) * (area_a + area_b) / oy``: an exact column
+    range, widened by a hair so that rounding cannot drop an anchor (the IoU test below decides)."""
     x1o, y1o, x2o, y2o = g.base
     sy, sx = g.stride
     gh, gw = g.grid
-    b = boxes[idx]
+    wa, ha = x2o - x1o, y2o - y1o
     acx, acy = (x1o + x2o) / 2, (y1o + y2o) / 2
-    j0 = torch.clamp(torch.ceil(((b[:, 0] + b[:, 2]) / 2 - dx - acx) / sx), min=0).int()
-    j1 = torch.clamp(torch.floor(((b[:, 0] + b[:, 2]) / 2 + dx - acx) / sx), max=gw - 1).int()
-    i0 = torch.clamp(torch.ceil(((b[:, 1] + b[:, 3]) / 2 - dy - acy) / sy), min=0).int()
-    i1 = torch.clamp(torch.floor(((b[:, 1] + b[:, 3]) / 2 + dy - acy) / sy), max=gh - 1).int()
-    nx, ny = (j1 - j0 + 1).clamp(min=0), (i1 - i0 + 1).clamp(min=0)
-    n = nx * ny
-    pair = torch.repeat_interleave(torch.arange(len(idx), dtype=torch.int32), n)
-    k = torch.arange(int(n.sum()), dtype=torch.int32) - (torch.cumsum(n, 0, dtype=torch.int32) - n)[pair]
-    width = nx[pair]
-    j, i = j0[pair] + k % width, i0[pair] + k // width
+    b = boxes[idx]
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    i0 = torch.clamp(torch.ceil((cy - dy - acy) / sy), min=0).int()
+    i1 = torch.clamp(torch.floor((cy + dy - acy) / sy), max=gh - 1).int()
+    row_pair, i = _enumerate(i0, i1)
+    oy = torch.clamp(torch.minimum((h[row_pair] + ha) / 2 - (i * sy + acy - cy[row_pair]).abs(), h[row_pair].clamp(max=ha)),
+                     min=0)
+    need = (t / (1 + t) * (wa * ha + w * h))[row_pair]
+    half = (w[row_pair] + wa) / 2
+    width_needed = need / oy.clamp(min=1e-12)
+    dx = half - width_needed
+    keep = (oy > 0) & (width_needed <= w[row_pair].clamp(max=wa) * (1 + 1e-3) + 1e-3)
+    row_pair, i, dx, half = row_pair[keep], i[keep], dx[keep], half[keep]
+    dx = dx + 1e-3 * half + 1e-3
+    rx = cx[row_pair]
+    j0 = torch.clamp(torch.ceil((rx - dx - acx) / sx), min=0).int()
+    j1 = torch.clamp(torch.floor((rx + dx - acx) / sx), max=gw - 1).int()
+    row, j = _enumerate(j0, j1)
+    pair, i = row_pair[row], i[row]
     ax1, ay1 = (j * sx).float() + x1o, (i * sy).float() + y1o
-    ax2, ay2 = ax1 + (x2o - x1o), ay1 + (y2o - y1o)
+    ax2, ay2 = ax1 + wa, ay1 + ha
     bp = b[pair]
     iw = (torch.minimum(ax2, bp[:, 2]) - torch.maximum(ax1, bp[:, 0])).clamp_(min=0)
     ih = (torch.minimum(ay2, bp[:, 3]) - torch.maximum(ay1, bp[:, 1])).clamp_(min=0)
     inter = iw * ih
-    iou = inter / ((x2o - x1o) * (y2o - y1o) + (bp[:, 2] - bp[:, 0]) * (bp[:, 3] - bp[:, 1]) - inter)
-    hit = torch.where(iou > 0)[0]
+    iou = inter / (wa * ha + (bp[:, 2] - bp[:, 0]) * (bp[:, 3] - bp[:, 1]) - inter)
+    hit = torch.where((iou > 0) & (iou >= t[pair]))[0]
     anchor = torch.stack([ax1[hit], ay1[hit], ax2[hit], ay2[hit]], dim=1)
-    box = idx[pair[hit].long()]
+    box = idx[pair[hit]]
     return g.offset + (i[hit].long() * gw + j[hit].long()) * g.step, box, iou[hit], \
         _inside(anchor, sizes_of_box[box], straddle), anchor
 
 
 def count_images(counter, passes, *, low: float, high: float, allow_low_quality: bool, straddle: float,
-                 num_classes: int, class_agnostic: bool) -> tuple[np.ndarray, float]:
-    """Weighted foreground-per-class and background counts over ``passes``: (padded, image_size, boxes, labels,
-    weight) tuples that share one padded size. Equal to the matcher's counts (tests/test_prior.py)."""
+                 num_classes: int, class_agnostic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted foreground-per-class (passes x classes) and background (passes) counts of each of ``passes``:
+    (padded, image_size, boxes, labels, weight) tuples that share one padded size. Equal to the matcher's counts
+    (tests/test_prior.py)."""
     grids, total = shape_grids(counter, passes[0][0])
     counts = torch.tensor([len(p[2]) for p in passes], dtype=torch.int64)
     boxes = torch.from_numpy(np.concatenate([p[2] for p in passes]).astype(np.float32)).reshape(-1, 4)
@@ -96,7 +124,8 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         dy = (ha + h) / 2 - t * big / torch.clamp(w, max=wa)
         ok = (torch.clamp(area, max=wa * ha) >= t * big) & (dx >= 0) & (dy >= 0)
         if ok.any():
-            found.append(_candidates(g, boxes, idx[ok], dx[ok], dy[ok], sizes[owner], straddle))
+            t = torch.as_tensor(t, dtype=torch.float32).expand(len(idx))
+            found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok], sizes[owner], straddle))
 
     everything = torch.arange(len(boxes))
     for g in grids:  # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc)
@@ -125,7 +154,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
                 if sel.any():
                     windows(g, need[sel], floor[sel])
     if not found:
-        return np.zeros(num_classes), float((valid * weights).sum())
+        return np.zeros((len(passes), num_classes)), (valid * weights).numpy()
     ids, box_of, iou_of, visible, coords = (torch.cat(parts) for parts in zip(*found))
     uniq, inverse = torch.unique(owner[box_of] * total + ids, return_inverse=True)  # one anchor of one pass
     max_iou = torch.zeros(len(uniq)).scatter_reduce(0, inverse, iou_of, reduce="amax", include_self=False)
@@ -155,11 +184,12 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
     pass_of = uniq // total
     classes = torch.zeros_like(labels) if class_agnostic else labels - 1
     chosen = foreground & seen
-    fg = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, classes[arg[chosen]], weights[pass_of[chosen]])
+    fg = torch.zeros(len(passes) * num_classes, dtype=torch.float64).index_add_(
+        0, pass_of[chosen] * num_classes + classes[arg[chosen]], weights[pass_of[chosen]])
     not_background = (max_iou >= low) | foreground
     per_pass = torch.zeros(len(passes), dtype=torch.float64).index_add_(
         0, pass_of[not_background & seen], torch.ones(int((not_background & seen).sum()), dtype=torch.float64))
-    return fg.numpy(), float(((valid - per_pass) * weights).sum())
+    return fg.reshape(len(passes), num_classes).numpy(), ((valid - per_pass) * weights).numpy()
 
 
 def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
