@@ -59,7 +59,8 @@ def trained_runs(run_dirs: list[str], count: int, batch: int) -> tuple[dict, lis
     models, cfg = {}, None
     for run in run_dirs:
         cfg = load_config(Path(run) / "config.yaml", values={"MODEL.BACKBONE.WEIGHTS": ""})
-        models["/".join(Path(run).parts[-3:])] = model_from_checkpoint(cfg, Path(run) / "model_final.pth", torch.device("cpu"))
+        label = "/".join(Path(run).parts[-3:])
+        models[label] = model_from_checkpoint(cfg, Path(run) / "model_final.pth", torch.device("cpu"))
     return models, load_images(cfg, count, batch)
 
 
