@@ -88,11 +88,13 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides for every variant, e.g. "
+                   "MODEL.RPN.POST_NMS_TOP_N_TRAIN 512")
     args = p.parse_args()
     overrides = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TRAIN": [args.size], "INPUT.MAX_SIZE_TRAIN": args.size,
                  "DATASETS.TRAIN": ["shapes_train"], "SOLVER.IMS_PER_BATCH": args.batch,
                  "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
-    cfg = load_config(CONFIGS[args.detector], values=overrides)
+    cfg = load_config(CONFIGS[args.detector], args.opts, values=overrides)
     datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
     stream = iter(build_train_loader(cfg, datasets))
     device = torch.device(args.device)
@@ -106,7 +108,7 @@ def main():
     variants = {}
     for name, free in (("ours baseline", False), ("ours sampling-free", True)):
         torch.manual_seed(0)
-        c = load_config(CONFIGS[args.detector], values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
+        c = load_config(CONFIGS[args.detector], args.opts, values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
         model = build_model(c, num_classes).to(device)
         model.set_prior(1e-3)
         variants[name] = model
@@ -117,11 +119,12 @@ def main():
         for name, model in variants.items():
             time_steps(model, batches[:1])  # warm-up step, not timed
             times[name].append(time_steps(model, batches[1:]))
-    report = {"detector": args.detector, "size": args.size, "batch": args.batch, "rounds": args.rounds,
+    report = {"detector": args.detector, "overrides": args.opts, "size": args.size, "batch": args.batch,
+              "rounds": args.rounds,
               "steps_per_round": args.steps, "machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
     print(f"{args.detector} R-50-FPN, {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads {' '.join(args.opts)}")
     print("| variant | s/iter (median) | ratio to torchvision (median, min-max) |\n|---|---|---|")
     for name, values in times.items():
         ratios = [v / t for v, t in zip(values, times["torchvision"])]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import torch
 
@@ -80,6 +81,14 @@ class TrainingView(torch.utils.data.Dataset):
         return image, target
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers ignore SIGINT/SIGTERM. Ctrl-C and job schedulers signal the whole process group; a worker
+    dying of it would make the main process fail before it writes its checkpoint. The main process stops the workers
+    itself once it has."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_train_loader(cfg, datasets, *, start_iter: int = 0, rank: int = 0, world_size: int = 1):
     view = TrainingView(datasets, cfg.INPUT.MIN_SIZE_TRAIN)
     groups = aspect_groups([view.image_size(i) for i in range(len(view))], cfg.DATALOADER.ASPECT_RATIO_GROUPING)
@@ -87,11 +96,13 @@ def build_train_loader(cfg, datasets, *, start_iter: int = 0, rank: int = 0, wor
                                  num_sizes=len(cfg.INPUT.MIN_SIZE_TRAIN), start_iter=start_iter, rank=rank,
                                  world_size=world_size)
     return torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                       collate_fn=collate, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
+                                       collate_fn=collate, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0,
+                                       worker_init_fn=ignore_stop_signals)
 
 
 def build_test_loader(cfg, dataset, *, rank: int = 0, world_size: int = 1):
     indices = list(range(rank, len(dataset), world_size))
     subset = torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(subset, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
-                                       num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate)
+                                       num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
+                                       worker_init_fn=ignore_stop_signals)
