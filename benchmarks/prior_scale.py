@@ -109,13 +109,14 @@ def main():
             counts = count()
             exact_s = time.perf_counter() - start
             exact = prior_from_counts(counts["foreground_per_class"].sum(), counts["background"], counter.num_classes)
-        sampled = "—"
+        sampled = "— | —"
         if 0 < args.sample < len(data):
             start = time.perf_counter()
             counts = count(folds=sample_folds(len(data), args.sample))
             seconds = time.perf_counter() - start
             prior = prior_from_counts(counts["foreground_per_class"].sum(), counts["background"], counter.num_classes)
-            error = jackknife_standard_error(counts["per_fold"], counter.num_classes)
+            error = jackknife_standard_error(counts["per_fold"], counter.num_classes,
+                                             sampled_fraction=args.sample / len(data))
             sampled = f"{args.sample}, {seconds:.1f} | {prior:.4g} ± {error:.2g}"
         per_image = loader_approach_seconds_per_image(cfg, counter, args.samples)
         print(f"| {name} | {exact_s:.1f} | {exact:.4g} | {sampled} | {per_image:.3f} | "

@@ -172,7 +172,8 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
         world_size=world_size())
     sampled = "sampled_images" in depends_on
     counts = _sum_over_ranks(count(folds=sample_folds(total_images, sample) if sampled else None))
-    standard_error = jackknife_standard_error(counts["per_fold"], counter.num_classes) if sampled else None
+    standard_error = jackknife_standard_error(counts["per_fold"], counter.num_classes,
+                                              sampled_fraction=sample / total_images) if sampled else None
     num_fg = float(counts["foreground_per_class"].sum())
     prior = prior_from_counts(num_fg, counts["background"], counter.num_classes)
     names = class_names or [str(i + 1) for i in range(counter.num_classes)]
@@ -206,15 +207,17 @@ def sample_folds(total: int, sample: int, *, folds: int = 10) -> list[np.ndarray
     return [np.sort(chosen[k::folds]) for k in range(min(folds, sample))]
 
 
-def jackknife_standard_error(folds: list[dict], num_classes: int) -> float:
-    """Delete-one-fold jackknife standard error of π = fg / (fg + bg) / C from per-fold counts."""
+def jackknife_standard_error(folds: list[dict], num_classes: int, *, sampled_fraction: float = 0.0) -> float:
+    """Delete-one-fold jackknife standard error of π = fg / (fg + bg) / C from per-fold counts, with the
+    finite-population correction sqrt(1 - n/N) for a sample drawn without replacement."""
     fg = np.array([f["foreground_per_class"].sum() for f in folds], dtype=np.float64)
     bg = np.array([f["background"] for f in folds], dtype=np.float64)
     k = len(folds)
     if k < 2:
         return float("nan")
     leave_out = (fg.sum() - fg) / (fg.sum() - fg + bg.sum() - bg) / num_classes
-    return float(math.sqrt((k - 1) / k * ((leave_out - leave_out.mean()) ** 2).sum()))
+    variance = (k - 1) / k * ((leave_out - leave_out.mean()) ** 2).sum()
+    return float(math.sqrt(variance * (1.0 - sampled_fraction)))
 
 
 def config_prior(value: float, num_classes: int) -> dict:

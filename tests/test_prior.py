@@ -236,3 +236,14 @@ def _with(cfg, values):
     from sampling_free.config.loader import with_values
 
     return with_values(cfg, values)
+
+
+def test_jackknife_standard_error_by_hand():
+    from sampling_free.prior import jackknife_standard_error
+
+    folds = [{"foreground_per_class": np.array([1.0]), "background": 9.0},
+             {"foreground_per_class": np.array([2.0]), "background": 8.0}]
+    # leave fold 0 out: 2/10; leave fold 1 out: 1/10; (k-1)/k * sum of squared deviations = 1/2 * 2 * 0.05^2
+    assert jackknife_standard_error(folds, 1) == pytest.approx(0.05)
+    assert jackknife_standard_error(folds, 2) == pytest.approx(0.025)  # π is per class
+    assert jackknife_standard_error(folds, 1, sampled_fraction=0.75) == pytest.approx(0.025)  # x sqrt(1 - 3/4)
