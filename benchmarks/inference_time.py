@@ -44,7 +44,8 @@ def time_inference(model, batches) -> tuple[float, float]:
     return (time.perf_counter() - start) / images, detections / images
 
 
-def load_images(cfg, count: int, batch: int) -> list[list[torch.Tensor]]:
+def load_images(cfg, count: int, batch: int) -> tuple[list[list[torch.Tensor]], object]:
+    """(batches of the first ``count`` test images, the test dataset)."""
     dataset = build_datasets(cfg.DATASETS.TEST[:1], cfg, training=False)[0]
     cfg = with_values(cfg, {"TEST.IMS_PER_BATCH": batch, "DATALOADER.NUM_WORKERS": 0})
     batches = []
@@ -52,7 +53,7 @@ def load_images(cfg, count: int, batch: int) -> list[list[torch.Tensor]]:
         batches.append(images)
         if sum(len(b) for b in batches) >= count:
             break
-    return batches
+    return batches, dataset
 
 
 def trained_runs(run_dirs: list[str], count: int, batch: int) -> tuple[dict, list]:
@@ -61,15 +62,15 @@ def trained_runs(run_dirs: list[str], count: int, batch: int) -> tuple[dict, lis
         cfg = load_config(Path(run) / "config.yaml", values={"MODEL.BACKBONE.WEIGHTS": ""})
         label = "/".join(Path(run).parts[-3:])
         models[label] = model_from_checkpoint(cfg, Path(run) / "model_final.pth", torch.device("cpu"))
-    return models, load_images(cfg, count, batch)
+    return models, load_images(cfg, count, batch)[0]
 
 
 def against_torchvision(detector: str, size: int, count: int, batch: int) -> tuple[dict, list]:
     overrides = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TEST": size, "INPUT.MAX_SIZE_TEST": size,
                  "DATASETS.TEST": ["shapes_val"], "MODEL.DEVICE": "cpu"}
     cfg = load_config(CONFIGS[detector], values=overrides)
-    batches = load_images(cfg, count, batch)
-    num_classes = build_datasets(cfg.DATASETS.TEST, cfg, training=False)[0].num_classes
+    batches, dataset = load_images(cfg, count, batch)
+    num_classes = dataset.num_classes
     torch.manual_seed(0)
     models = {"torchvision": torchvision_model(cfg, num_classes, training=False)}
     for name, free in (("ours baseline", False), ("ours sampling-free", True)):

@@ -173,8 +173,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             anchor_box = torch.zeros(len(uniq), 4).index_copy_(0, inverse, coords)[redo]
             first = (torch.cumsum(counts, 0) - counts)[owner[arg[redo]]]
             n = counts[owner[arg[redo]]]
-            pair = torch.repeat_interleave(torch.arange(len(redo)), n)
-            box = first[pair] + torch.arange(int(n.sum())) - (torch.cumsum(n, 0) - n)[pair]
+            pair, box = _enumerate(first, first + n - 1)  # every box of each anchor's image
             iou = _paired_iou(anchor_box[pair], boxes[box])
             top = torch.zeros(len(redo)).scatter_reduce(0, pair, iou, reduce="amax", include_self=False)
             tie = iou == top[pair]
