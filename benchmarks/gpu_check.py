@@ -1,62 +1,43 @@
-"""GPU check: training speed and memory of the R-50-FPN RetinaNet and Faster R-CNN COCO configs, ours (sampling-free
-and baseline) against plain torchvision with identical settings, in float32 and bfloat16, on the built-in dataset
-resized to COCO scale. Meant for one H100/H200 in under 8 minutes:
+"""GPU check: training-step time and memory of the R-50-FPN RetinaNet and Faster R-CNN COCO configs, ours (baseline
+and sampling-free) against plain torchvision with identical settings, in float32 and bfloat16 autocast, on the
+built-in dataset resized to COCO scale. Paired like step_time.py: in every round each variant runs the same batches
+in turn, and each variant's time is reported relative to torchvision's in the same round. Before timing, every
+variant runs every batch once, so lazy CUDA set-up and cuDNN autotuning are paid by no one variant alone (a first
+version that timed variants one after another charged all of it to whichever ran first). Meant for one H100/H200
+in about two minutes:
 
-    python benchmarks/gpu_check.py                          # defaults: cuda, 800 px, batch 8, 60 timed iterations
-    python benchmarks/gpu_check.py --device cpu --size 256 --batch 2 --iters 2 --warmup 1   # a smoke run
+    python benchmarks/gpu_check.py                          # defaults: cuda, 800 px, batch 8, 5 rounds x 4 steps
+    python benchmarks/gpu_check.py --device cpu --size 128 --batch 1 --rounds 1 --steps 1   # a smoke run
 
-Output (stable, for comparing cards): one Markdown table row per variant, then one JSON object per variant.
+Output: one Markdown table, then one JSON object per row.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_time import CONFIGS, torchvision_model  # noqa: E402
+from step_time import CONFIGS, build_variants, load_batches, paired_times, time_steps  # noqa: E402
 
 from sampling_free.config import load_config  # noqa: E402
-from sampling_free.data.build import build_datasets, build_train_loader  # noqa: E402
-from sampling_free.modeling import build_model  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def batches(cfg, count, device):
-    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)
-    stream = iter(build_train_loader(cfg, datasets))
-    out = []
-    for _ in range(count):
-        images, targets = next(stream)
-        out.append(([im.to(device) for im in images],
-                    [{k: v.to(device) for k, v in t.items() if torch.is_tensor(v)} for t in targets]))
-    return out, datasets[0].num_classes
-
-
-def run(model, data, *, dtype, device, warmup: int) -> dict:
-    model.train().to(device)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for step, (images, targets) in enumerate(data):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        with autocast:
-            losses = model(images, [dict(t) for t in targets])
-        opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / (len(data) - warmup)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"s_per_iter": seconds, "images_per_s": len(data[0][0]) / seconds, "peak_gib": peak}
+def step_peak_gib(model, batches, *, dtype, device) -> float:
+    """Memory a training step allocates on top of what is already resident (every variant's weights)."""
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    time_steps(model, batches, dtype=dtype)
+    return (torch.cuda.max_memory_allocated(device) - resident) / 2**30
 
 
 def main():
@@ -64,44 +45,42 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--size", type=int, default=800)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--iters", type=int, default=60, help="timed iterations per variant")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant and round")
     p.add_argument("--detectors", nargs="+", default=["retinanet", "faster_rcnn"], choices=sorted(CONFIGS))
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     args = p.parse_args()
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; {args.size} px, batch {args.batch}, "
-          f"{args.iters} timed + {args.warmup} warm-up iterations per variant")
-    print("| detector | implementation | dtype | s/iter | images/s | peak GiB |\n|---|---|---|---|---|---|")
+          f"{args.rounds} rounds x {args.steps} steps, paired")
+    print("| detector | variant | dtype | s/iter (median) | images/s | ratio to torchvision (median, min-max) | "
+          "step peak GiB |\n|---|---|---|---|---|---|---|")
     rows = []
     for detector in args.detectors:
-        values = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TRAIN": [args.size], "INPUT.MAX_SIZE_TRAIN":
-                  int(args.size * 1333 / 800), "DATASETS.TRAIN": ["shapes_train"], "SOLVER.IMS_PER_BATCH": args.batch,
-                  "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
-        cfg = load_config(CONFIGS[detector], values=values)
-        data, num_classes = batches(cfg, args.warmup + args.iters, device)
+        overrides = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TRAIN": [args.size],
+                     "INPUT.MAX_SIZE_TRAIN": int(args.size * 1333 / 800), "DATASETS.TRAIN": ["shapes_train"],
+                     "SOLVER.IMS_PER_BATCH": args.batch, "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
+        batches, num_classes = load_batches(load_config(CONFIGS[detector], values=overrides), args.steps + 1, device)
+        variants = build_variants(detector, [], overrides, num_classes, device)
         for dtype_name in args.dtypes:
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-            for impl in ("ours sampling-free", "ours baseline", "torchvision"):
-                torch.manual_seed(0)
-                if impl == "torchvision":
-                    model = torchvision_model(cfg, num_classes)
-                else:
-                    model = build_model(load_config(CONFIGS[detector], values={
-                        **values, "MODEL.SAMPLING_FREE_ON": impl.endswith("free")}), num_classes)
-                    model.set_prior(1e-3)
-                result = run(model, data, dtype=dtype, device=device, warmup=args.warmup)
-                row = {"detector": detector, "implementation": impl, "dtype": dtype_name, "device": name,
-                       "size": args.size, "batch": args.batch, **result}
+            dtype = DTYPES[dtype_name]
+            for model in variants.values():
+                time_steps(model, batches, dtype=dtype)  # untimed: CUDA/cuDNN set-up for every batch shape
+            times = paired_times(variants, batches, rounds=args.rounds, dtype=dtype)
+            for variant, model in variants.items():
+                ratios = [v / t for v, t in zip(times[variant], times["torchvision"])]
+                row = {"detector": detector, "variant": variant, "dtype": dtype_name, "device": name,
+                       "size": args.size, "batch": args.batch, "seconds": times[variant], "ratio": ratios,
+                       "step_peak_gib": step_peak_gib(model, batches, dtype=dtype, device=device)}
                 rows.append(row)
-                print(f"| {detector} | {impl} | {dtype_name} | {result['s_per_iter']:.3f} | "
-                      f"{result['images_per_s']:.1f} | {result['peak_gib']:.2f} |", flush=True)
-                del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                median = statistics.median(times[variant])
+                print(f"| {detector} | {variant} | {dtype_name} | {median:.3f} | {args.batch / median:.1f} | "
+                      f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                      f"{row['step_peak_gib']:.2f} |", flush=True)
+        del variants, batches
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     for row in rows:
         print(json.dumps(row))
 

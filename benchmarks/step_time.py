@@ -67,17 +67,63 @@ def torchvision_model(cfg, num_classes: int, *, training: bool = True):
     return cls(backbone, num_classes + 1, **kwargs)
 
 
-def time_steps(model, batches) -> float:
+def time_steps(model, batches, *, dtype=None) -> float:
+    """Seconds per training step (forward, backward, SGD step) over ``batches``, under autocast when ``dtype``."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    device = params[0].device
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for images, targets in batches:
-        losses = model(list(images), [dict(t) for t in targets])
+        with autocast:
+            losses = model(list(images), [dict(t) for t in targets])
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / len(batches)
+
+
+def load_batches(cfg, count: int, device):
+    """``count`` training batches on ``device``, read once so every variant times the same data."""
+    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
+    stream = iter(build_train_loader(cfg, datasets))
+    batches = []
+    for _ in range(count):
+        images, targets = next(stream)
+        batches.append(([im.to(device) for im in images],
+                        [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items() if k != "min_size"}
+                         for t in targets]))
+    return batches, datasets[0].num_classes
+
+
+def build_variants(detector: str, opts, overrides: dict, num_classes: int, device) -> dict:
+    """Ours (baseline, sampling-free) and torchvision's model, same seed and settings."""
+    variants = {}
+    for name, free in (("ours baseline", False), ("ours sampling-free", True)):
+        torch.manual_seed(0)
+        c = load_config(CONFIGS[detector], opts, values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
+        model = build_model(c, num_classes).to(device)
+        model.set_prior(1e-3)
+        variants[name] = model
+    torch.manual_seed(0)
+    variants["torchvision"] = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides),
+                                                num_classes).to(device)
+    return variants
+
+
+def paired_times(variants: dict, batches, *, rounds: int, dtype=None) -> dict:
+    """Per variant, seconds/step of each round; in a round every variant runs the same batches in turn."""
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, model in variants.items():
+            time_steps(model, batches[:1], dtype=dtype)  # warm-up step, not timed
+            times[name].append(time_steps(model, batches[1:], dtype=dtype))
+    return times
 
 
 def main():
@@ -95,30 +141,10 @@ def main():
                  "DATASETS.TRAIN": ["shapes_train"], "SOLVER.IMS_PER_BATCH": args.batch,
                  "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
     cfg = load_config(CONFIGS[args.detector], args.opts, values=overrides)
-    datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
-    stream = iter(build_train_loader(cfg, datasets))
     device = torch.device(args.device)
-    batches = []
-    for _ in range(args.steps + 1):
-        images, targets = next(stream)
-        batches.append(([im.to(device) for im in images],
-                        [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items() if k != "min_size"}
-                         for t in targets]))
-    num_classes = datasets[0].num_classes
-    variants = {}
-    for name, free in (("ours baseline", False), ("ours sampling-free", True)):
-        torch.manual_seed(0)
-        c = load_config(CONFIGS[args.detector], args.opts, values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
-        model = build_model(c, num_classes).to(device)
-        model.set_prior(1e-3)
-        variants[name] = model
-    torch.manual_seed(0)
-    variants["torchvision"] = torchvision_model(cfg, num_classes).to(device)
-    times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, model in variants.items():
-            time_steps(model, batches[:1])  # warm-up step, not timed
-            times[name].append(time_steps(model, batches[1:]))
+    batches, num_classes = load_batches(cfg, args.steps + 1, device)
+    variants = build_variants(args.detector, args.opts, overrides, num_classes, device)
+    times = paired_times(variants, batches, rounds=args.rounds)
     report = {"detector": args.detector, "overrides": args.opts, "size": args.size, "batch": args.batch,
               "rounds": args.rounds,
               "steps_per_round": args.steps, "machine": platform.processor() or platform.machine(),

@@ -93,6 +93,14 @@ def test_importing_the_package_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_python_dash_m_is_the_command():
+    """``python -m sampling_free`` for environments without the console script (e.g. a source tree on PYTHONPATH)."""
+    done = subprocess.run([sys.executable, "-m", "sampling_free", "prior", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage: sampling-free prior" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "sampling_free", "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_the_documented_examples_run(tiny_dataset_overrides, tmp_path, monkeypatch):
     """Every ```python block of docs/python_api.md, in order, in one namespace, from a folder holding the built-in
     dataset as ``sampling-free data shapes --out shapes`` writes it. Training uses the tiny dataset and model."""
