@@ -52,9 +52,9 @@ def _enumerate(lo, hi):
     return owner, lo[owner] + (torch.arange(total, dtype=torch.int32) - (ends - n).int()[owner])
 
 
-def _candidates(g: ShapeGrid, boxes, idx, t, dy, sizes_of_box, straddle):
-    """(anchor id, box index, IoU, visible, anchor box) for the anchors of shape ``g`` that reach IoU >= t[k] with
-    box ``idx[k]`` (and overlap it at all).
+def _candidates(g: ShapeGrid, boxes, idx, t, dy):
+    """(anchor id, box index, IoU) for the anchors of shape ``g`` that reach IoU >= t[k] with box ``idx[k]`` (and
+    overlap it at all).
 
     Rows are those whose centre lies within ``dy`` of the box centre; within a row, the overlap height ``oy`` is
     known, so IoU >= t needs an overlap width of at least ``t / (1 + t) * (area_a + area_b) / oy``: an exact column
@@ -92,10 +92,7 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy, sizes_of_box, straddle):
     inter = iw * ih
     iou = inter / (wa * ha + (bp[:, 2] - bp[:, 0]) * (bp[:, 3] - bp[:, 1]) - inter)
     hit = torch.where((iou > 0) & (iou >= t[pair]))[0]
-    anchor = torch.stack([ax1[hit], ay1[hit], ax2[hit], ay2[hit]], dim=1)
-    box = idx[pair[hit]]
-    return g.offset + (i[hit].long() * gw + j[hit].long()) * g.step, box, iou[hit], \
-        _inside(anchor, sizes_of_box[box], straddle), anchor
+    return g.offset + (i[hit].long() * gw + j[hit].long()) * g.step, idx[pair[hit]], iou[hit]
 
 
 def count_images(counter, passes, *, low: float, high: float, allow_low_quality: bool, straddle: float,
@@ -104,6 +101,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
     (padded, image_size, boxes, labels, weight) tuples that share one padded size. Equal to the matcher's counts
     (tests/test_prior.py)."""
     grids, total = shape_grids(counter, passes[0][0])
+    anchors = counter.anchors(passes[0][0])
     counts = torch.tensor([len(p[2]) for p in passes], dtype=torch.int64)
     boxes = torch.from_numpy(np.concatenate([p[2] for p in passes]).astype(np.float32)).reshape(-1, 4)
     labels = torch.from_numpy(np.concatenate([p[3] for p in passes]).astype(np.int64))
@@ -126,7 +124,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         ok = (torch.clamp(area, max=wa * ha) >= t * big) & (dx >= 0) & (dy >= 0)
         if ok.any():
             t = torch.as_tensor(t, dtype=torch.float32).expand(len(idx))
-            found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok], sizes[owner], straddle))
+            found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok]))
 
     everything = torch.arange(len(boxes))
     for g in grids:  # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc)
@@ -136,7 +134,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         # min/max of the two areas (``bound``): search the most promising shape in full, which gives a floor for
         # the best IoU, then every shape that can beat the floor, with windows drawn for that floor.
         best = torch.zeros(len(boxes))
-        for _, box, iou, _, _ in found:
+        for _, box, iou in found:
             best.scatter_reduce_(0, box, iou, reduce="amax")
         need = torch.where((best < low) & (b_area > 0))[0]
         if len(need):
@@ -147,7 +145,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             for k, g in enumerate(grids):
                 windows(g, need[first == k], 0.0)
             floor = best.clone()
-            for _, box, iou, _, _ in found[start:]:
+            for _, box, iou in found[start:]:
                 floor.scatter_reduce_(0, box, iou, reduce="amax")
             floor = floor[need]
             for k, g in enumerate(grids):
@@ -156,8 +154,9 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
                     windows(g, need[sel], floor[sel])
     if not found:
         return np.zeros((len(passes), num_classes)), (valid * weights).numpy()
-    ids, box_of, iou_of, visible, coords = (torch.cat(parts) for parts in zip(*found))
+    ids, box_of, iou_of = (torch.cat(parts) for parts in zip(*found))
     uniq, inverse = torch.unique(owner[box_of] * total + ids, return_inverse=True)  # one anchor of one pass
+    pass_of, anchor_of = uniq // total, uniq % total
     max_iou = torch.zeros(len(uniq)).scatter_reduce(0, inverse, iou_of, reduce="amax", include_self=False)
     is_max = iou_of == max_iou[inverse]
     arg = torch.full((len(uniq),), len(boxes), dtype=torch.int64).scatter_reduce(
@@ -170,7 +169,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         # box may overlap it by less than ``low`` without having had it in its windows: recompute those few exactly
         redo = torch.where(foreground & (max_iou < low))[0]
         if len(redo):
-            anchor_box = torch.zeros(len(uniq), 4).index_copy_(0, inverse, coords)[redo]
+            anchor_box = anchors[anchor_of[redo]]
             first = (torch.cumsum(counts, 0) - counts)[owner[arg[redo]]]
             n = counts[owner[arg[redo]]]
             pair, box = _enumerate(first, first + n - 1)  # every box of each anchor's image
@@ -179,9 +178,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             tie = iou == top[pair]
             arg[redo] = torch.full((len(redo),), len(boxes), dtype=torch.int64).scatter_reduce(
                 0, pair[tie], box[tie], reduce="amin")
-    seen = torch.zeros(len(uniq), dtype=torch.bool)
-    seen[inverse[visible]] = True
-    pass_of = uniq // total
+    seen = _inside(anchors[anchor_of], sizes[pass_of], straddle)
     classes = torch.zeros_like(labels) if class_agnostic else labels - 1
     chosen = foreground & seen
     fg = torch.zeros(len(passes) * num_classes, dtype=torch.float64).index_add_(
