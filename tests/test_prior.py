@@ -247,3 +247,32 @@ def test_jackknife_standard_error_by_hand():
     assert jackknife_standard_error(folds, 1) == pytest.approx(0.05)
     assert jackknife_standard_error(folds, 2) == pytest.approx(0.025)  # π is per class
     assert jackknife_standard_error(folds, 1, sampled_fraction=0.75) == pytest.approx(0.025)  # x sqrt(1 - 3/4)
+
+
+def test_windowed_counting_finds_best_anchors_tied_across_shapes_of_equal_area():
+    """A box smaller than every anchor has the same IoU with each anchor that contains it; on the COCO RetinaNet
+    anchors the 1:2 and 2:1 shapes have equal area (46x22 = 22x46 = 1012 px, the square one 1024), so such a box's
+    low-quality matches come from two shapes. The search must find the second shape's ties, whose IoU equals the
+    first shape's best only up to float rounding in any shortcut (a bug found at COCO scale)."""
+    from torchvision.ops import box_iou
+
+    from sampling_free.config import load_config
+    from sampling_free.modeling import build_model
+
+    cfg = load_config("configs/retinanet/retinanet_R_50_FPN_1x.yaml",
+                      values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
+    counter = build_model(cfg, 3).prior_counter()
+    g = np.random.default_rng(0)
+    xy = g.uniform(20, 280, size=(12, 2))
+    small = np.concatenate([xy, xy + g.uniform(5, 11, size=(12, 2))], 1).astype(np.float32)
+    ds = StubDataset([((320, 320), torch.from_numpy(small), torch.from_numpy(g.integers(1, 4, 12)))])
+    kwargs = dict(min_sizes=[320], max_size=320, size_divisibility=32, hflip_prob=0.0)
+    anchors = counter.anchors((320, 320))
+    iou = box_iou(torch.from_numpy(small), anchors)
+    tied = iou == iou.max(1, keepdim=True).values
+    shape_of = torch.arange(len(anchors)) % 9  # 9 shapes per location on the first level
+    assert any(len(set(shape_of[row].tolist())) > 1 for row in tied), "no box with ties across shapes: no test"
+    fast = count_dataset([ds], counter, **kwargs)
+    slow = count_dataset([ds], _OneByOne(counter), **kwargs)
+    assert fast["foreground_per_class"].tolist() == slow["foreground_per_class"].tolist()
+    assert fast["background"] == slow["background"]

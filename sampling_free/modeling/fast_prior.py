@@ -15,6 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Windows are drawn for a threshold a hair below the true one, so that float rounding in their geometry cannot drop
+# an anchor whose IoU equals the threshold. That case is common, not contrived: the search for a box's best anchors
+# sets the threshold to the best IoU found on one shape, and another shape of the same area (1:2 and 2:1 anchors)
+# ties it exactly. The IoU test itself uses the true threshold.
+SLACK = 1 - 1e-4
+
 
 class ShapeGrid:
     """One anchor shape on one level of one padded input size: its grid, stride, offset in the anchor list."""
@@ -72,7 +78,8 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy):
     row_pair, i = _enumerate(i0, i1)
     overlap = (h[row_pair] + ha) / 2 - (i * sy + acy - cy[row_pair]).abs()
     oy = torch.clamp(torch.minimum(overlap, h[row_pair].clamp(max=ha)), min=0)
-    need = (t / (1 + t) * (wa * ha + w * h))[row_pair]
+    loose = t * SLACK  # the geometry only: the IoU test below uses the true threshold
+    need = (loose / (1 + loose) * (wa * ha + w * h))[row_pair]
     half = (w[row_pair] + wa) / 2
     width_needed = need / oy.clamp(min=1e-12)
     dx = half - width_needed
@@ -119,9 +126,10 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         wa, ha = x2o - x1o, y2o - y1o
         w, h, area = bw[idx], bh[idx], b_area[idx]
         big = torch.clamp(area, min=wa * ha)
-        dx = (wa + w) / 2 - t * big / torch.clamp(h, max=ha)
-        dy = (ha + h) / 2 - t * big / torch.clamp(w, max=wa)
-        ok = (torch.clamp(area, max=wa * ha) >= t * big) & (dx >= 0) & (dy >= 0)
+        reach = t * SLACK * big
+        dx = (wa + w) / 2 - reach / torch.clamp(h, max=ha)
+        dy = (ha + h) / 2 - reach / torch.clamp(w, max=wa)
+        ok = (torch.clamp(area, max=wa * ha) >= reach) & (dx >= 0) & (dy >= 0)
         if ok.any():
             t = torch.as_tensor(t, dtype=torch.float32).expand(len(idx))
             found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok]))
@@ -149,7 +157,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
                 floor.scatter_reduce_(0, box, iou, reduce="amax")
             floor = floor[need]
             for k, g in enumerate(grids):
-                sel = (bound[:, k] >= floor) & (first != k)
+                sel = (bound[:, k] >= floor * SLACK) & (first != k)
                 if sel.any():
                     windows(g, need[sel], floor[sel])
     if not found:
