@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from .distributed import gather_objects, is_main, rank, world_size
 from .mechanism import adaptive_score_threshold, optimal_bias, prior_from_counts
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: counts exact for best anchors tied across shapes of equal area (COCO anchors)
 ENV_CACHE = "SAMPLING_FREE_CACHE"
 
 
@@ -66,13 +68,17 @@ def cache_dir(configured: str = "") -> Path:
 
 
 def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibility: int, hflip_prob: float,
-                  rank: int = 0, world_size: int = 1, chunk: int = 20000, folds=None) -> dict:
+                  rank: int = 0, world_size: int = 1, chunk: int = 10000, folds=None, workers: int = 0) -> dict:
     """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard).
 
     Every (image, training size, flip) is a weighted "pass"; passes sharing a padded size go to the counter in
     chunks when it can count many at once (``count_many``), else one by one (``count``). ``folds``: count only
     these images (lists of 0-based positions in the concatenation of ``datasets``), shared out over the ranks,
-    with each fold's counts also returned (``per_fold``)."""
+    with each fold's counts also returned (``per_fold``).
+
+    ``workers`` threads (0: torch's thread count) count chunks side by side, torch single-threaded meanwhile: a chunk
+    is many small tensor operations, which spread over cores better as whole chunks than op by op. Chunks are
+    added in submission order, so the result does not depend on ``workers``; memory grows with it (one chunk each)."""
     num_classes = counter.num_classes
     fold_of = None if folds is None else {int(p): k for k, f in enumerate(folds) for p in f}
     num_folds = 1 if folds is None else len(folds)
@@ -82,8 +88,15 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
     flips = [(flip, weight) for flip, weight in ((False, 1.0 - hflip_prob), (True, hflip_prob)) if weight > 0]
     pending: dict[tuple[int, int], list] = {}
 
-    def flush(padded):
-        group = pending.pop(padded)
+    workers = workers or torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers) if workers > 1 and hasattr(counter, "count_many") else None
+    running: deque = deque()
+
+    def add(fold, per_class, background):
+        np.add.at(fg, fold, per_class)
+        np.add.at(bg, fold, background)
+
+    def count_group(group):
         fold = np.array([g[-1] for g in group])
         if hasattr(counter, "count_many"):
             per_class, background = counter.count_many([g[:-1] for g in group])
@@ -92,37 +105,55 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
             for k, (pad, size, boxes, labels, weight, _) in enumerate(group):
                 c, b = counter.count(pad, size, torch.from_numpy(boxes), torch.from_numpy(labels))
                 per_class[k], background[k] = weight * c, weight * b
-        np.add.at(fg, fold, per_class)
-        np.add.at(bg, fold, background)
+        return fold, per_class, background
 
-    position, taken = -1, -1
-    for dataset in datasets:
-        for index in range(len(dataset)):
-            position += 1
-            if fold_of is not None and position not in fold_of:
-                continue
-            taken += 1
-            if taken % world_size != rank:
-                continue
-            height, width = dataset.image_size(index)
-            boxes, labels = dataset.annotations(index)
-            images += 1
-            empty += int(len(boxes) == 0)
-            fold = 0 if fold_of is None else fold_of[position]
-            for min_size in min_sizes:
-                new_h, new_w = resized_size(height, width, min_size, max_size)
-                scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
-                padded = padded_size(new_h, new_w, size_divisibility)
-                for flip, weight in flips:
-                    b = scaled.copy()
-                    if flip:
-                        b[:, [0, 2]] = new_w - scaled[:, [2, 0]]
-                    group = pending.setdefault(padded, [])
-                    group.append((padded, (new_h, new_w), b, labels, weight / len(min_sizes), fold))
-                    if len(group) >= chunk:
-                        flush(padded)
-    for padded in list(pending):
-        flush(padded)
+    def flush(padded):
+        group = pending.pop(padded)
+        if pool is None:
+            return add(*count_group(group))
+        running.append(pool.submit(count_group, group))
+        while len(running) > workers:  # at most ``workers`` chunks counted at once
+            add(*running.popleft().result())
+
+    threads = torch.get_num_threads()
+    if pool is not None:
+        torch.set_num_threads(1)
+    try:
+        position, taken = -1, -1
+        for dataset in datasets:
+            for index in range(len(dataset)):
+                position += 1
+                if fold_of is not None and position not in fold_of:
+                    continue
+                taken += 1
+                if taken % world_size != rank:
+                    continue
+                height, width = dataset.image_size(index)
+                boxes, labels = dataset.annotations(index)
+                images += 1
+                empty += int(len(boxes) == 0)
+                fold = 0 if fold_of is None else fold_of[position]
+                for min_size in min_sizes:
+                    new_h, new_w = resized_size(height, width, min_size, max_size)
+                    scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
+                    padded = padded_size(new_h, new_w, size_divisibility)
+                    for flip, weight in flips:
+                        b = scaled.copy()
+                        if flip:
+                            b[:, [0, 2]] = new_w - scaled[:, [2, 0]]
+                        group = pending.setdefault(padded, [])
+                        group.append((padded, (new_h, new_w), b, labels, weight / len(min_sizes), fold))
+                        if len(group) >= chunk:
+                            flush(padded)
+        for padded in list(pending):
+            flush(padded)
+        while running:
+            add(*running.popleft().result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)
+
     result = {"foreground_per_class": fg.sum(0), "background": float(bg.sum()), "images": images,
               "empty_images": empty}
     if folds is not None:

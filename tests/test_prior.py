@@ -276,3 +276,20 @@ def test_windowed_counting_finds_best_anchors_tied_across_shapes_of_equal_area()
     slow = count_dataset([ds], _OneByOne(counter), **kwargs)
     assert fast["foreground_per_class"].tolist() == slow["foreground_per_class"].tolist()
     assert fast["background"] == slow["background"]
+
+
+def test_counting_in_threads_gives_the_serial_counts_and_restores_torch_threads():
+    from sampling_free.config import load_config
+    from sampling_free.modeling import build_model
+
+    cfg = load_config("configs/quickstart/faster_rcnn_mobilenet_v2_shapes.yaml",
+                      values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
+    counter = build_model(cfg, 3).prior_counter()
+    ds = _random_dataset(5, n=40)
+    kwargs = dict(min_sizes=[128, 160, 200], max_size=333, size_divisibility=32, hflip_prob=0.5, chunk=8)
+    threads = torch.get_num_threads()
+    serial = count_dataset([ds], counter, workers=1, **kwargs)
+    parallel = count_dataset([ds], counter, workers=3, **kwargs)
+    assert torch.get_num_threads() == threads
+    assert serial["foreground_per_class"].tolist() == parallel["foreground_per_class"].tolist()
+    assert serial["background"] == parallel["background"] and serial["images"] == parallel["images"] == 40

@@ -89,17 +89,20 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy):
     rx = cx[row_pair]
     j0 = torch.clamp(torch.ceil((rx - dx - acx) / sx), min=0).int()
     j1 = torch.clamp(torch.floor((rx + dx - acx) / sx), max=gw - 1).int()
+    # per row: the overlap height and IoU's denominator before the overlap (box_iou's float32 arithmetic, so that
+    # a tie with the threshold falls as in the matcher); per anchor only the overlap width is left to compute
+    ay1 = (i * sy).float() + y1o
+    rb = b[row_pair]
+    ih = (torch.minimum(ay1 + ha, rb[:, 3]) - torch.maximum(ay1, rb[:, 1])).clamp_(min=0)
+    areas = wa * ha + (rb[:, 2] - rb[:, 0]) * (rb[:, 3] - rb[:, 1])
     row, j = _enumerate(j0, j1)
-    pair, i = row_pair[row], i[row]
-    ax1, ay1 = (j * sx).float() + x1o, (i * sy).float() + y1o
-    ax2, ay2 = ax1 + wa, ay1 + ha
-    bp = b[pair]
-    iw = (torch.minimum(ax2, bp[:, 2]) - torch.maximum(ax1, bp[:, 0])).clamp_(min=0)
-    ih = (torch.minimum(ay2, bp[:, 3]) - torch.maximum(ay1, bp[:, 1])).clamp_(min=0)
-    inter = iw * ih
-    iou = inter / (wa * ha + (bp[:, 2] - bp[:, 0]) * (bp[:, 3] - bp[:, 1]) - inter)
-    hit = torch.where((iou > 0) & (iou >= t[pair]))[0]
-    return g.offset + (i[hit].long() * gw + j[hit].long()) * g.step, idx[pair[hit]], iou[hit]
+    ax1 = (j * sx).float() + x1o
+    iw = (torch.minimum(ax1 + wa, rb[:, 2][row]) - torch.maximum(ax1, rb[:, 0][row])).clamp_(min=0)
+    inter = iw * ih[row]
+    iou = inter / (areas[row] - inter)
+    hit = torch.where((iou > 0) & (iou >= t[row_pair][row]))[0]
+    row = row[hit]
+    return g.offset + (i[row].long() * gw + j[hit].long()) * g.step, idx[row_pair[row]], iou[hit]
 
 
 def count_images(counter, passes, *, low: float, high: float, allow_low_quality: bool, straddle: float,
@@ -134,9 +137,12 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             t = torch.as_tensor(t, dtype=torch.float32).expand(len(idx))
             found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok]))
 
-    everything = torch.arange(len(boxes))
-    for g in grids:  # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc)
-        windows(g, everything, low)
+    # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc), each shape only for the
+    # boxes within a factor 1/low of its area (the first condition, for all shapes at once)
+    areas = torch.tensor([(g.base[2] - g.base[0]) * (g.base[3] - g.base[1]) for g in grids])
+    in_scale = torch.clamp(b_area[:, None], max=areas) >= low * SLACK * torch.clamp(b_area[:, None], min=areas)
+    for k, g in enumerate(grids):
+        windows(g, torch.where(in_scale[:, k])[0], low)
     if allow_low_quality:
         # pass 2: a box whose best anchor is below ``low`` still matches it. Its IoU with a shape is at most
         # min/max of the two areas (``bound``): search the most promising shape in full, which gives a floor for
@@ -146,7 +152,6 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             best.scatter_reduce_(0, box, iou, reduce="amax")
         need = torch.where((best < low) & (b_area > 0))[0]
         if len(need):
-            areas = torch.tensor([(g.base[2] - g.base[0]) * (g.base[3] - g.base[1]) for g in grids])
             bound = torch.minimum(b_area[need, None], areas) / torch.maximum(b_area[need, None], areas)
             first = bound.argmax(1)
             start = len(found)
