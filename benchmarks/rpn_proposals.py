@@ -1,0 +1,64 @@
+"""How many of a trained R-CNN's training-time RPN proposals lie on an object (IoU >= 0.5), per run folder: the RoI
+and mask heads learn only from those. Written to compare the proposals of heuristic and sampling-free RPNs.
+
+    python benchmarks/rpn_proposals.py RUN_DIR [RUN_DIR ...] [--images 48] [--large 0.3]
+
+Uses each run's config and model_final.pth, the first ``--images`` training images (no flip), the RPN in training
+mode (POST_NMS_TOP_N_TRAIN proposals per image). "Large": objects covering more than ``--large`` of the input.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torchvision.ops import box_iou
+
+from sampling_free.config import load_config
+from sampling_free.data.build import build_datasets
+from sampling_free.engine.checkpoint import load_checkpoint
+from sampling_free.modeling import build_model
+
+
+def proposal_counts(run: str, *, images: int, large: float) -> dict:
+    cfg = load_config(f"{run}/config.yaml", values={"INPUT.HFLIP_PROB": 0.0})
+    dataset = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)[0]
+    model = build_model(cfg, dataset.num_classes)
+    model.load_state_dict(load_checkpoint(f"{run}/model_final.pth")["model"])
+    model.train()  # training-time proposal count and NMS
+    counts = {"images": 0, "proposals": 0, "on_object": 0, "objects": 0, "on_large": 0, "large_objects": 0}
+    with torch.no_grad():
+        for k in range(min(images, len(dataset))):
+            image, target = dataset[k]
+            batch, targets = model.transform([image], [dict(target)])
+            proposals = model.rpn(batch, model.backbone(batch.tensors), targets)[0][0]
+            boxes = targets[0]["boxes"]
+            if len(boxes) == 0:
+                continue
+            best = box_iou(proposals, boxes).max(1)
+            on = best.values >= 0.5
+            is_large = (boxes[:, 2:] - boxes[:, :2]).prod(1) > large * batch.tensors.shape[-1] * batch.tensors.shape[-2]
+            counts["images"] += 1
+            counts["proposals"] += len(proposals)
+            counts["on_object"] += int(on.sum())
+            counts["objects"] += len(boxes)
+            counts["on_large"] += int((on & is_large[best.indices]).sum())
+            counts["large_objects"] += int(is_large.sum())
+    return counts
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--large", type=float, default=0.3)
+    args = p.parse_args()
+    print("| run | images | proposals/image | on an object (IoU >= 0.5) | objects | on a large object | large objects |")
+    print("|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        c = proposal_counts(run, images=args.images, large=args.large)
+        print(f"| {run} | {c['images']} | {c['proposals'] / max(c['images'], 1):.0f} | {c['on_object']} | "
+              f"{c['objects']} | {c['on_large']} | {c['large_objects']} |")
+
+
+if __name__ == "__main__":
+    main()
