@@ -90,11 +90,12 @@ def main():
     p.add_argument("--skip-exact", action="store_true", help="do not count every image")
     p.add_argument("--samples", type=int, default=100, help="images decoded to time the loader approach")
     p.add_argument("--detectors", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--workers", type=int, default=0, help="counting threads (0: torch's thread count, 1: serial)")
     args = p.parse_args()
     start = time.perf_counter()
     data = SyntheticCOCO(args.images)
     print(f"synthetic COCO: {len(data)} images, {len(data.boxes)} boxes, built in {time.perf_counter() - start:.1f}s")
-    print(f"threads: {torch.get_num_threads()}")
+    print(f"threads: {torch.get_num_threads()}, counting workers: {args.workers or torch.get_num_threads()}")
     print("| config | every image: s | π | sampled: images, s | sampled π ± s.e. | loader approach: s/image "
           "| extrapolated to the set |\n|---|---|---|---|---|---|---|")
     for name in args.detectors:
@@ -102,7 +103,7 @@ def main():
         counter = build_model(cfg, 80).prior_counter()
         count = functools.partial(count_dataset, [data], counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN,
                                   max_size=cfg.INPUT.MAX_SIZE_TRAIN, size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
-                                  hflip_prob=cfg.INPUT.HFLIP_PROB)
+                                  hflip_prob=cfg.INPUT.HFLIP_PROB, workers=args.workers)
         exact, exact_s = float("nan"), float("nan")
         if not args.skip_exact:
             start = time.perf_counter()
