@@ -38,7 +38,8 @@ def proposal_counts(run: str, *, images: int, large: float) -> dict:
                 continue
             best = box_iou(proposals, boxes).max(1)
             on = best.values >= 0.5
-            is_large = (boxes[:, 2:] - boxes[:, :2]).prod(1) > large * batch.tensors.shape[-1] * batch.tensors.shape[-2]
+            area = (boxes[:, 2:] - boxes[:, :2]).prod(1)
+            is_large = area > large * batch.tensors.shape[-1] * batch.tensors.shape[-2]
             counts["images"] += 1
             counts["proposals"] += len(proposals)
             counts["on_object"] += int(on.sum())
@@ -46,7 +47,7 @@ def proposal_counts(run: str, *, images: int, large: float) -> dict:
             counts["on_large"] += int((on & is_large[best.indices]).sum())
             counts["large_objects"] += int(is_large.sum())
             counts["wide_proposals"] += int(((proposals[:, 2:] - proposals[:, :2]).prod(1).sqrt() > 64).sum())
-            counts["wide_objects"] += int(((boxes[:, 2:] - boxes[:, :2]).prod(1).sqrt() > 64).sum())
+            counts["wide_objects"] += int((area.sqrt() > 64).sum())
     return counts
 
 

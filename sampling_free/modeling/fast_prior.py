@@ -72,6 +72,7 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy):
     acx, acy = (x1o + x2o) / 2, (y1o + y2o) / 2
     b = boxes[idx]
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    box_area = w * h  # box_iou's own arithmetic for the box area
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     i0 = torch.clamp(torch.ceil((cy - dy - acy) / sy), min=0).int()
     i1 = torch.clamp(torch.floor((cy + dy - acy) / sy), max=gh - 1).int()
@@ -79,7 +80,7 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy):
     overlap = (h[row_pair] + ha) / 2 - (i * sy + acy - cy[row_pair]).abs()
     oy = torch.clamp(torch.minimum(overlap, h[row_pair].clamp(max=ha)), min=0)
     loose = t * SLACK  # the geometry only: the IoU test below uses the true threshold
-    need = (loose / (1 + loose) * (wa * ha + w * h))[row_pair]
+    need = (loose / (1 + loose) * (wa * ha + box_area))[row_pair]
     half = (w[row_pair] + wa) / 2
     width_needed = need / oy.clamp(min=1e-12)
     dx = half - width_needed
@@ -94,7 +95,7 @@ def _candidates(g: ShapeGrid, boxes, idx, t, dy):
     ay1 = (i * sy).float() + y1o
     rb = b[row_pair]
     ih = (torch.minimum(ay1 + ha, rb[:, 3]) - torch.maximum(ay1, rb[:, 1])).clamp_(min=0)
-    areas = wa * ha + (rb[:, 2] - rb[:, 0]) * (rb[:, 3] - rb[:, 1])
+    areas = wa * ha + box_area[row_pair]
     row, j = _enumerate(j0, j1)
     ax1 = (j * sx).float() + x1o
     iw = (torch.minimum(ax1 + wa, rb[:, 2][row]) - torch.maximum(ax1, rb[:, 0][row])).clamp_(min=0)
@@ -137,22 +138,21 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             t = torch.as_tensor(t, dtype=torch.float32).expand(len(idx))
             found.append(_candidates(g, boxes, idx[ok], t[ok], dy[ok]))
 
-    # pass 1: every window that can hold an IoU >= low (necessary conditions, module doc), each shape only for the
-    # boxes within a factor 1/low of its area (the first condition, for all shapes at once)
+    # a box's IoU with an anchor shape is at most min/max of the two areas (``bound``, all shapes at once)
     areas = torch.tensor([(g.base[2] - g.base[0]) * (g.base[3] - g.base[1]) for g in grids])
-    in_scale = torch.clamp(b_area[:, None], max=areas) >= low * SLACK * torch.clamp(b_area[:, None], min=areas)
-    for k, g in enumerate(grids):
-        windows(g, torch.where(in_scale[:, k])[0], low)
+    bound = torch.minimum(b_area[:, None], areas) / torch.maximum(b_area[:, None], areas)
+    for k, g in enumerate(grids):  # pass 1: every window that can hold an IoU >= low (module doc)
+        windows(g, torch.where(bound[:, k] >= low * SLACK)[0], low)
     if allow_low_quality:
-        # pass 2: a box whose best anchor is below ``low`` still matches it. Its IoU with a shape is at most
-        # min/max of the two areas (``bound``): search the most promising shape in full, which gives a floor for
-        # the best IoU, then every shape that can beat the floor, with windows drawn for that floor.
+        # pass 2: a box whose best anchor is below ``low`` still matches it. Search its most promising shape in
+        # full, which gives a floor for the best IoU, then every shape whose bound can beat the floor, with windows
+        # drawn for that floor.
         best = torch.zeros(len(boxes))
         for _, box, iou in found:
             best.scatter_reduce_(0, box, iou, reduce="amax")
         need = torch.where((best < low) & (b_area > 0))[0]
         if len(need):
-            bound = torch.minimum(b_area[need, None], areas) / torch.maximum(b_area[need, None], areas)
+            bound = bound[need]
             first = bound.argmax(1)
             start = len(found)
             for k, g in enumerate(grids):
@@ -183,8 +183,8 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
         redo = torch.where(foreground & (max_iou < low))[0]
         if len(redo):
             anchor_box = anchors[anchor_of[redo]]
-            first = (torch.cumsum(counts, 0) - counts)[owner[arg[redo]]]
-            n = counts[owner[arg[redo]]]
+            first = (torch.cumsum(counts, 0) - counts)[pass_of[redo]]
+            n = counts[pass_of[redo]]
             pair, box = _enumerate(first, first + n - 1)  # every box of each anchor's image
             iou = _paired_iou(anchor_box[pair], boxes[box])
             top = torch.zeros(len(redo)).scatter_reduce(0, pair, iou, reduce="amax", include_self=False)
