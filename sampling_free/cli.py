@@ -1,4 +1,4 @@
-"""The ``sampling-free`` command: train, eval, prior, data, demo, export."""
+"""The ``sampling-free`` command: train, eval, prior, data, demo, predict, export, compare, plot."""
 from __future__ import annotations
 
 import argparse
@@ -133,11 +133,40 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .engine.runtime import setup_logging
+    from .predict import predict_to_coco
+    from .prior import write_json_atomic
+
+    setup_logging()
+    detector = _detector(args, args.device)
+    records = predict_to_coco(detector, args.inputs, score_threshold=args.score_threshold)
+    write_json_atomic(Path(args.out), records)
+    images = len({r["image_id"] for r in records})
+    print(f"{args.out}: {len(records)} detections on {images} image(s) with any (COCO results format)")
+    return 0
+
+
+EXPORT_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+
+
+def export_format(out: str, given: str | None) -> str:
+    """``--format``, or the format the output file's suffix names."""
+    if given:
+        return given
+    suffix = Path(out).suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise SystemExit(f"error: cannot tell the format from {out!r}; name it .onnx, .pt or .ts, or give --format "
+                         f"onnx|torchscript")
+    return EXPORT_SUFFIXES[suffix]
+
+
 def cmd_export(args) -> int:
     from .api import image_files, load_image
     from .engine.runtime import setup_logging
     from .export import BOX_TOL, MASK_TOL, SCORE_TOL, describe, export_and_check, sample_images
 
+    args.format = export_format(args.out, args.format)
     setup_logging()
     detector = _detector(args, "cpu")
     size = tuple(args.image_size or (detector.cfg.INPUT.MIN_SIZE_TEST,) * 2)
@@ -177,6 +206,11 @@ def cmd_compare(args) -> int:
     from .engine.runtime import setup_logging
 
     args.variants, args.opts = _split_trailing_overrides(args.variants, args.opts)
+    seeds, args.opts = _split_trailing_overrides(args.seeds, args.opts)  # --seeds 0 1 2 SOLVER.MAX_ITER 100
+    try:
+        args.seeds = [int(s) for s in seeds]
+    except ValueError:
+        raise SystemExit(f"error: --seeds takes whole numbers, got {seeds}") from None
     path = find_config(args.config_file)
     out = Path(args.out or Path("output") / "compare" / path.stem)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,11 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("predict", help="a trained model's detections on images, as COCO results JSON")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
+    p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
+    p.add_argument("--config-file", metavar="FILE",
+                   help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="JSON file: a list of {image_id, file_name, category_id, category_name, bbox [x, y, w, h], "
+                        "score} (and segmentation, RLE, for mask models)")
+    p.add_argument("--score-threshold", type=float, default=0.0, metavar="T",
+                   help="keep detections scoring at least T (default 0: everything the model keeps, down to its own "
+                        "test threshold, as COCO evaluation wants them)")
+    p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("export", help="export a trained model (TorchScript or ONNX) and check it against the eager one")
     p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
     p.add_argument("--config-file", metavar="FILE",
                    help="YAML config the weights were trained with (default: config.yaml next to the weights)")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--format", choices=["torchscript", "onnx"],
+                   help="default: from the suffix of --out (.onnx; .pt or .ts for TorchScript)")
     p.add_argument("--out", required=True, metavar="FILE", help="exported file (a .json sidecar is written beside)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="the fixed input size of a traced export (default: INPUT.MIN_SIZE_TEST square)")
@@ -260,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import VARIANTS
 
     p = sub.add_parser("compare", help="train and evaluate the baseline, the ablation and sampling-free over seeds")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S")
+    p.add_argument("--seeds", nargs="+", default=["0", "1", "2"], metavar="S")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="V",
                    help=f"default: all of {', '.join(VARIANTS)}")
     p.add_argument("--out", metavar="DIR", help="default: output/compare/<config name>")

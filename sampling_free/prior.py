@@ -256,7 +256,7 @@ def config_prior(value: float, num_classes: int) -> dict:
             "num_classes": num_classes, "source": "config MODEL.SAMPLING_FREE.PRIOR"}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict | list) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

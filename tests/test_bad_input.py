@@ -29,8 +29,10 @@ def _train(root, overrides, extra=()):
 
 
 def missing_image(root, ann):
-    (root / "images" / ann["images"][0]["file_name"]).unlink()
-    return f"{ann['images'][0]['file_name']}: cannot read image"
+    """Found when the dataset is built, before training (a short run may never reach the file)."""
+    (root / "images" / ann["images"][5]["file_name"]).unlink()
+    return f"ann.json: 1 of the {len(ann['images'])} image files it lists are not in {root / 'images'}: " \
+           f"{ann['images'][5]['file_name']}"
 
 
 def corrupt_image(root, ann):
@@ -52,6 +54,32 @@ def malformed_json(root, ann):
 def unknown_category(root, ann):
     ann["annotations"][0]["category_id"] = 99
     return f"annotation id {ann['annotations'][0]['id']} has unknown category_id 99"
+
+
+def annotation_of_an_unknown_image(root, ann):
+    ann["annotations"][3]["image_id"] = 4242
+    return f"ann.json: annotation id {ann['annotations'][3]['id']} refers to image id 4242, which is not among the images"
+
+
+def repeated_image_id(root, ann):
+    ann["images"][2]["id"] = ann["images"][1]["id"]
+    return f"ann.json: image id {ann['images'][1]['id']} appears 2 times in 'images'; ids must be unique"
+
+
+def repeated_annotation_id(root, ann):
+    ann["annotations"][2]["id"] = ann["annotations"][1]["id"]
+    return f"ann.json: annotation id {ann['annotations'][1]['id']} appears 2 times in 'annotations'"
+
+
+def nan_box(root, ann):
+    ann["annotations"][1]["bbox"][2] = float("nan")
+    return f"ann.json: annotation id {ann['annotations'][1]['id']} (image id {ann['annotations'][1]['image_id']}) has " \
+           f"bbox [{', '.join(map(repr, ann['annotations'][1]['bbox']))}]; expected four finite numbers"
+
+
+def infinite_box(root, ann):
+    ann["annotations"][0]["bbox"][0] = float("inf")
+    return f"ann.json: annotation id {ann['annotations'][0]['id']} (image id {ann['annotations'][0]['image_id']}) has bbox [inf"
 
 
 def empty_dataset(root, ann):
@@ -91,6 +119,8 @@ def amp_on_cpu(root, ann):
 
 STOPS = {
     missing_image: {}, corrupt_image: {}, truncated_json: {}, malformed_json: {}, unknown_category: {},
+    annotation_of_an_unknown_image: {}, repeated_image_id: {}, repeated_annotation_id: {}, nan_box: {},
+    infinite_box: {},
     empty_dataset: {}, image_size_mismatch: {}, missing_annotation_file: {},
     wrong_config_type: {"SOLVER.BASE_LR": "fast"}, unknown_config_key: {"SOLVER.BASE_LRR": "0.1"},
     output_not_writable: "OUTPUT_DIR", cuda_without_gpu: {"MODEL.DEVICE": "cuda"}, amp_on_cpu: {"SOLVER.AMP": "bf16"},

@@ -59,8 +59,12 @@ def test_hflip_mirrors_boxes_and_pixels(tiny_shapes):
     assert torch.equal(ftarget["boxes"], expected)
 
 
-def _write_coco(tmp_path, images, annotations, categories=({"id": 3, "name": "a"}, {"id": 7, "name": "b"})):
+def _write_coco(tmp_path, images, annotations, categories=({"id": 3, "name": "a"}, {"id": 7, "name": "b"}),
+                with_files=True):
+    """An annotation file, and (empty) image files for its images unless ``with_files`` is False."""
     (tmp_path / "img").mkdir(exist_ok=True)
+    for image in images if with_files else []:
+        (tmp_path / "img" / image["file_name"]).write_bytes(b"")
     path = tmp_path / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": list(categories)}))
     return path
@@ -87,10 +91,21 @@ def test_unknown_category_names_file_and_annotation(tmp_path):
         COCODetection(_write_coco(tmp_path, images, anns), tmp_path / "img", training=True)
 
 
-def test_missing_image_names_the_file(tmp_path):
-    images = [{"id": 1, "file_name": "gone.jpg", "width": 50, "height": 40}]
+def test_missing_image_files_are_listed_when_the_dataset_is_built(tmp_path):
+    """Found before training, not when (and if) a batch reaches the file."""
+    images = [{"id": k, "file_name": f"{k:02d}.jpg", "width": 50, "height": 40} for k in range(1, 10)]
+    path = _write_coco(tmp_path, images, [])
+    for k in (2, 3, 5, 6, 7, 8, 9):
+        (tmp_path / "img" / f"{k:02d}.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"ann.json: 7 of the 9 image files it lists are not in .*img: "
+                                           r"02.jpg, 03.jpg, 05.jpg, 06.jpg, 07.jpg, \.\.\.$"):
+        COCODetection(path, tmp_path / "img", training=False)
+
+
+def test_an_unreadable_image_names_the_file(tmp_path):
+    images = [{"id": 1, "file_name": "broken.jpg", "width": 50, "height": 40}]
     ds = COCODetection(_write_coco(tmp_path, images, []), tmp_path / "img", training=False)
-    with pytest.raises(DatasetError, match=r"gone.jpg: cannot read image"):
+    with pytest.raises(DatasetError, match=r"broken.jpg: cannot read image"):
         ds[0]
 
 

@@ -1,4 +1,7 @@
-"""``sampling-free demo`` and the drawing under it: colours where the boxes and masks are, and nowhere else."""
+"""``sampling-free demo`` and the drawing under it: colours where the boxes and masks are, and nowhere else; and
+``sampling-free predict``, the same detections as COCO results."""
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -109,3 +112,35 @@ def test_demo_names_a_missing_input(tmp_path, capsys):
     weights = save_tiny_checkpoint(tmp_path / "run", "retinanet")
     assert main(["demo", "--weights", str(weights), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.jpg: no such image file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
+def test_predict_writes_coco_results_of_the_models_detections(images, tmp_path, arch):
+    from pycocotools import mask as mask_utils
+
+    weights = save_tiny_checkpoint(tmp_path / "run", arch)
+    detector = Detector.from_checkpoint(weights)
+    sources = [images / "folder" / "a.jpg", images / "folder" / "b.png", images / "c.jpg"]
+    threshold = float(detector.predict(sources[0])["scores"].median())
+    out = tmp_path / "dets.json"
+    assert main(["predict", "--weights", str(weights), str(images / "folder"), str(images / "c.jpg"),
+                 "--out", str(out), "--score-threshold", str(threshold)]) == 0
+    records = json.loads(out.read_text())
+    expected = 0
+    for image_id, source in enumerate(sources, start=1):
+        want = detector.predict(source)
+        keep = torch.where(want["scores"] >= threshold)[0].tolist()
+        assert 0 < len(keep) < len(want["scores"]) or image_id > 1  # the threshold kept some and dropped some
+        got = [r for r in records if r["image_id"] == image_id]
+        assert len(got) == len(keep) and all(r["file_name"] == str(source) for r in got)
+        for r, k in zip(got, keep):
+            x1, y1, x2, y2 = want["boxes"][k].tolist()
+            assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=0.006)
+            assert r["score"] == pytest.approx(float(want["scores"][k]))
+            assert r["category_id"] == int(want["labels"][k]) and r["category_name"] == CLASS_NAMES[r["category_id"] - 1]
+            if arch == "mask_rcnn":
+                assert torch.equal(torch.from_numpy(mask_utils.decode(r["segmentation"])).bool(), want["masks"][k])
+            else:
+                assert "segmentation" not in r
+        expected += len(keep)
+    assert len(records) == expected

@@ -150,3 +150,16 @@ def test_the_documented_use_of_an_export_runs(tmp_path, monkeypatch):
     with torch.no_grad():  # the block ends with the TorchScript model's boxes, in the H x W input's pixels
         want = detector.model([resize_for_export(image, SIZE)[0]])[0]
     assert len(want["boxes"]) > 0 and torch.equal(namespace["boxes"], want["boxes"])
+
+
+def test_the_format_follows_the_suffix_unless_given(tmp_path, check_folder, capsys):
+    weights = save_tiny_checkpoint(tmp_path / "run", "retinanet")
+    common = ["--weights", str(weights), "--image-size", "96", "128", "--check", str(check_folder / "0.jpg")]
+    assert main(["export", *common, "--out", str(tmp_path / "m.ts")]) == 0
+    assert "m.ts: SamplingFreeRetinaNet as torchscript" in capsys.readouterr().out
+    assert main(["export", *common, "--out", str(tmp_path / "m.bin"), "--format", "torchscript"]) == 0
+    with pytest.raises(SystemExit, match=r"cannot tell the format from .*m.bin'; name it .onnx, .pt or .ts"):
+        main(["export", *common, "--out", str(tmp_path / "m.bin")])
+    if importlib.util.find_spec("onnx") is not None:
+        assert main(["export", *common, "--out", str(tmp_path / "m.onnx")]) == 0
+        assert "m.onnx: SamplingFreeRetinaNet as onnx" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from sampling_free.config import load_config
 from sampling_free.engine.checkpoint import load_checkpoint
 from sampling_free.engine.evaluator import load_detector_weights
 from sampling_free.modeling import build_model
+from paths import CONFIGS
 
 
 def _args(opts):
@@ -52,7 +53,7 @@ def test_other_number_of_classes_reinitialises_the_classifier(pretrained, tiny_d
 def test_torchvision_detector_weights_fit_our_retinanet(tmp_path):
     reference = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     torch.save(reference.state_dict(), tmp_path / "retinanet_coco.pth")
-    cfg = load_config("configs/retinanet/retinanet_R_50_FPN_1x.yaml", values={"MODEL.BACKBONE.WEIGHTS": ""})
+    cfg = load_config(str(CONFIGS / "retinanet/retinanet_R_50_FPN_1x.yaml"), values={"MODEL.BACKBONE.WEIGHTS": ""})
     model = build_model(cfg, 80)
     report = load_detector_weights(model, tmp_path / "retinanet_coco.pth")
     # everything but the 91-way classifier (ours: 80 foreground classes) and P6 comes from the file: torchvision

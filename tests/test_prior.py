@@ -9,6 +9,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from sampling_free.modeling.common import AnchorPriorCounter, DetectionTransform
 from sampling_free.prior import count_dataset, padded_size, resized_size
+from paths import CONFIGS
 
 
 class GridBackbone(torch.nn.Module):
@@ -189,8 +190,8 @@ def test_windowed_counting_equals_every_box_against_every_anchor(rule):
     from sampling_free.config import load_config
     from sampling_free.modeling import build_model
 
-    config = "configs/quickstart/faster_rcnn_mobilenet_v2_shapes.yaml" if rule == "rpn" else \
-        "configs/quickstart/retinanet_mobilenet_v2_shapes.yaml"
+    config = str(CONFIGS / "quickstart/faster_rcnn_mobilenet_v2_shapes.yaml") if rule == "rpn" else \
+        str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml")
     cfg = load_config(config, values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
     counter = build_model(cfg, 3).prior_counter()
     if rule == "no_low_quality":
@@ -210,7 +211,7 @@ def test_sampled_estimate_counts_exactly_the_chosen_images_with_a_standard_error
     from sampling_free.modeling import build_model
     from sampling_free.prior import estimate_prior, sample_folds
 
-    cfg = load_config("configs/quickstart/retinanet_mobilenet_v2_shapes.yaml",
+    cfg = load_config(str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml"),
                       values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18",
                               "INPUT.MIN_SIZE_TRAIN": [128], "INPUT.MAX_SIZE_TRAIN": 200,
                               "MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR": str(tmp_path), "MODEL.SAMPLING_FREE.PRIOR_IMAGES": 30})
@@ -259,7 +260,7 @@ def test_windowed_counting_finds_best_anchors_tied_across_shapes_of_equal_area()
     from sampling_free.config import load_config
     from sampling_free.modeling import build_model
 
-    cfg = load_config("configs/retinanet/retinanet_R_50_FPN_1x.yaml",
+    cfg = load_config(str(CONFIGS / "retinanet/retinanet_R_50_FPN_1x.yaml"),
                       values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
     counter = build_model(cfg, 3).prior_counter()
     g = np.random.default_rng(0)
@@ -282,7 +283,7 @@ def test_counting_in_threads_gives_the_serial_counts_and_restores_torch_threads(
     from sampling_free.config import load_config
     from sampling_free.modeling import build_model
 
-    cfg = load_config("configs/quickstart/faster_rcnn_mobilenet_v2_shapes.yaml",
+    cfg = load_config(str(CONFIGS / "quickstart/faster_rcnn_mobilenet_v2_shapes.yaml"),
                       values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18"})
     counter = build_model(cfg, 3).prior_counter()
     ds = _random_dataset(5, n=40)

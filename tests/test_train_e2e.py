@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from sampling_free.cli import main
+from paths import CONFIGS
 
 
 def _args(overrides: dict) -> list[str]:
@@ -20,7 +21,7 @@ def full_run(tiny_dataset_overrides, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     opts = {**tiny_dataset_overrides, "MODEL.SAMPLING_FREE_ON": True, "SOLVER.MAX_ITER": 4,
             "SOLVER.CHECKPOINT_PERIOD": 2, "OUTPUT_DIR": str(out)}
-    assert main(["train", "--config-file", "configs/quickstart/retinanet_mobilenet_v2_shapes.yaml",
+    assert main(["train", "--config-file", str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml"),
                  *_args(opts)]) == 0
     return out, opts
 

@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import numpy as np
@@ -47,13 +48,16 @@ def _obj_xml(name, x1, y1, x2, y2, difficult=0):
             f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>")
 
 
-def _devkit(root, split, files: dict, sizes: dict | None = None):
-    """``files``: file id -> XML text; ``sizes``: file id -> (w, h) of a JPEG to write (none when absent)."""
+def _devkit(root, split, files: dict, sizes: dict | None = None, *, missing=()):
+    """``files``: file id -> XML text; ``sizes``: file id -> (w, h) of a JPEG to write; the other images are empty
+    files (present, unreadable), but for the ids in ``missing``."""
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     for file_id, text in files.items():
         if text is not None:
             (root / "Annotations" / f"{file_id}.xml").write_text(text)
+        if file_id not in missing:
+            (root / "JPEGImages" / f"{file_id}.jpg").write_bytes(b"")
     for file_id, (w, h) in (sizes or {}).items():
         Image.new("RGB", (w, h), (90, 120, 30)).save(root / "JPEGImages" / f"{file_id}.jpg")
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in files))
@@ -103,7 +107,9 @@ def test_difficult_dropped_in_training_kept_for_evaluation(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("<annotation><size><width>50</width>", r"000007.xml: not a valid VOC annotation file"),
-    (_small_xml(50, 40, [("persn", 1, 1, 5, 5)]), r"000007.xml: object 0 \(persn\) has unknown class name 'persn'"),
+    (_small_xml(50, 40, [("dog", 1, 1, 5, float("nan"))]), r"000007.xml: object 0 \(dog\) <bndbox/ymax> is 'nan', "
+                                                         r"not a finite number"),
+    (_small_xml(50, 40, [("dog", 1, "-inf", 5, 5)]), r"000007.xml: object 0 \(dog\) <bndbox/ymin> is '-inf', not a finite"),
     (_small_xml(50, 40, [("dog", 1, 1, 5, 5), ("cat", 9, 1, 5, 5)]), r"000007.xml: object 1 \(cat\) has xmax < xmin"),
     ("<annotation><object><name>dog</name></object></annotation>", r"000007.xml: the image has no <size/width>"),
     (_small_xml(50, 40, [("dog", 1, 1, 5, "x")]), r"000007.xml: object 0 \(dog\) <bndbox/ymax> is 'x'"),
@@ -120,7 +126,11 @@ def test_missing_files_are_named(tmp_path):
         VOCDetection(root, "train", training=True)
     with pytest.raises(DatasetError, match=r"test.txt: split file not found"):
         VOCDetection(root, "test", training=True)
-    root = _devkit(tmp_path / "VOC2", "train", {"000005": HAND_XML})
+    root = _devkit(tmp_path / "VOC2", "train", {"000005": HAND_XML, "000006": HAND_XML}, missing=["000006"])
+    with pytest.raises(DatasetError, match=r"train.txt: 1 of the 2 image files it lists are not in .*JPEGImages: "
+                                           r"000006.jpg$"):
+        VOCDetection(root, "train", training=True)
+    root = _devkit(tmp_path / "VOC3", "train", {"000005": HAND_XML})
     ds = VOCDetection(root, "train", training=True)
     with pytest.raises(DatasetError, match=r"000005.jpg: cannot read image"):
         ds[0]
@@ -194,8 +204,70 @@ def test_build_07_plus_12_and_the_class_check(tmp_path, shapes_voc):
     d07, d12 = build_datasets(["voc_2007_trainval", "voc_2012_trainval"], cfg, training=True)
     assert isinstance(d07, VOCDetection) and d07.name == "voc_2007_trainval" and d12.file_id(0) == "2008_000008"
     assert d07.training and len(d12.annotations(0)[0]) == 2
-    with pytest.raises(DatasetError, match="must share categories"):
+    with pytest.raises(DatasetError, match=r"train_000000.xml: object 0 \(\w+\) has class name '\w+', which is not "
+                                           r"among the classes of voc_2007_trainval: \['aeroplane'"):
         build_datasets(["voc_2007_trainval", f"voc:{shapes_voc}:train"], cfg, training=True)
+
+
+# --- class names: classes.txt, the names in the files, the model's ----------------------------------------------
+
+OWN = {"a": _small_xml(50, 40, [("charlie", 1, 1, 5, 5), ("alpha", 9, 9, 20, 20)]),
+       "b": _small_xml(50, 40, [("bravo", 1, 1, 5, 5)])}
+
+
+def test_own_names_without_classes_txt_are_the_sorted_names_found(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    ds = VOCDetection(_devkit(tmp_path / "mine", "train", OWN), "train", training=True)
+    assert ds.class_names == ["alpha", "bravo", "charlie"]
+    assert [ds.annotations(i)[1].tolist() for i in range(2)] == [[3, 1], [2]]
+    assert "3 class names found in the XML files, in sorted order: alpha, bravo, charlie" in caplog.text
+    # names that are all VOC classes: the VOC 20 in the devkit's order, even when some classes never occur
+    ds = VOCDetection(_devkit(tmp_path / "voc", "train", {"a": _small_xml(50, 40, [("person", 1, 1, 5, 5)])}),
+                      "train", training=True)
+    assert ds.class_names == VOC20 and ds.annotations(0)[1].tolist() == [15]
+
+
+def test_a_name_outside_classes_txt_or_the_models_classes_is_an_error_naming_them(tmp_path):
+    root = _devkit(tmp_path / "mine", "train", OWN)
+    (root / "classes.txt").write_text("alpha\ncharlie\n")
+    with pytest.raises(DatasetError, match=r"b.xml: object 0 \(bravo\) has class name 'bravo', which is not among "
+                                           r".*mine/classes.txt \(add the name there, or delete the file"):
+        VOCDetection(root, "train", training=True)
+    (root / "classes.txt").unlink()
+    # a trained model's names, matched by name: another order than the sorted one, and one name the data lacks
+    ds = VOCDetection(root, "train", training=False, class_names=["charlie", "zulu", "bravo", "alpha"],
+                      name_source="the classes of the model in m.pth")
+    assert ds.class_names == ["charlie", "zulu", "bravo", "alpha"]
+    assert [ds.annotations(i)[1].tolist() for i in range(2)] == [[1, 4], [3]]
+    (root / "classes.txt").write_text("alpha\nbravo\ncharlie\n")
+    with pytest.raises(DatasetError, match=r"b.xml: object 0 \(bravo\) has class name 'bravo', which is not among the "
+                                           r"classes of the model in m.pth: \['alpha', 'charlie'\]; .*classes.txt is "
+                                           r"not used when the class names are given"):
+        VOCDetection(root, "train", training=False, class_names=["alpha", "charlie"],
+                     name_source="the classes of the model in m.pth")
+
+
+def test_training_on_own_voc_names_records_them_and_evaluation_matches_by_name(tmp_path, tiny_dataset_overrides,
+                                                                                 capsys):
+    """A test split holding only some of the classes (here: one) is labelled by the trained model's names, not by
+    the names its own files happen to contain."""
+    files = {f"t{k}": _small_xml(64, 48, [("charlie", 2, 2, 30, 30), ("alpha", 30, 20, 60, 46)]) for k in range(4)}
+    root = _devkit(tmp_path / "mine", "train", files, {k: (64, 48) for k in files})
+    test = {"v0": _small_xml(64, 48, [("charlie", 2, 2, 30, 30)])}
+    _devkit(root, "val", test, {"v0": (64, 48)})
+    run = tmp_path / "run"
+    opts = {**tiny_dataset_overrides, "DATASETS.TRAIN": [f"voc:{root}:train"], "DATASETS.TEST": [f"voc:{root}:val"],
+            "SOLVER.MAX_ITER": 1, "OUTPUT_DIR": str(run)}
+    assert main(["train", *[x for k, v in opts.items() for x in (k, v if isinstance(v, str) else repr(v))]]) == 0
+    assert load_config(run / "config.yaml").DATASETS.CLASS_NAMES == ["alpha", "charlie"]
+    cfg = load_config(run / "config.yaml")
+    (val,) = build_datasets(cfg.DATASETS.TEST, cfg, training=False)
+    assert val.class_names == ["alpha", "charlie"] and val.annotations(0)[1].tolist() == [2]
+    _devkit(root, "other", {"o0": _small_xml(64, 48, [("delta", 2, 2, 30, 30)])}, {"o0": (64, 48)})
+    code = main(["eval", "--weights", str(run / "model_final.pth"), "DATASETS.TEST", f"('voc:{root}:other',)"])
+    assert code == 2
+    assert f"o0.xml: object 0 (delta) has class name 'delta', which is not among the classes of the model in " \
+           f"{run / 'model_final.pth'}: ['alpha', 'charlie']" in capsys.readouterr().err
 
 
 # --- VOC AP by hand ----------------------------------------------------------------------------------------------

@@ -188,6 +188,10 @@ SCHEMA: dict = {
                     "voc:<devkit folder>:<split>.", item="str"),
         "TEST": _l(["coco_2017_val"], "Test datasets, same forms.", item="str"),
         "ROOT": _s("", "Datasets root. Empty: $SAMPLING_FREE_DATASETS or ./datasets."),
+        "CLASS_NAMES": _l([], "Class names in label order, matched by name in every dataset. Empty: the first "
+                          "training dataset's (COCO: categories by id; VOC layout: classes.txt, else the 20 VOC "
+                          "classes, else the sorted names in the XML files). Training records them here in the run's "
+                          "config.yaml.", item="str"),
     },
     "DATALOADER": {
         "NUM_WORKERS": _i(2, "Data-loading worker processes (0: load in the main process)."),

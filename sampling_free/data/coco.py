@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +28,16 @@ class COCODetection(torch.utils.data.Dataset):
     exactly the all-background negatives that sampling-free training learns from. Evaluation keeps every image;
     pycocotools reads the annotation file itself.
 
+    Labels follow the categories sorted by id, or ``class_names`` when given (matched by name; ``name_source``
+    says where they came from, for the error when a category does not fit). Before anything else the file is
+    checked: unique ids, annotations on listed images, finite boxes, every image file present.
+
     ``__getitem__`` takes an index or an ``(index, hflip)`` pair, so that augmentation is decided by the sampler
     (deterministic and resumable) rather than by worker-process random state.
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path, *, training: bool, with_masks: bool = False,
-                 name: str | None = None):
+                 name: str | None = None, class_names=None, name_source: str = "the given class names"):
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
         self.name = name or str(self.ann_file)
         self.training, self.with_masks = training, with_masks
@@ -42,16 +49,19 @@ class COCODetection(torch.utils.data.Dataset):
             self.coco = _quiet_coco(self.ann_file)
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetError(f"{self.ann_file}: not a valid COCO annotation file ({exc!r})") from None
-        cat_ids = sorted(self.coco.getCatIds())
-        if not cat_ids:
-            raise DatasetError(f"{self.ann_file}: no categories")
-        self.category_ids = cat_ids  # contiguous label k (1-based) <-> COCO category id cat_ids[k - 1]
-        self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
-        self._label_of = {c: i + 1 for i, c in enumerate(cat_ids)}
+        _check_unique_ids(self.coco.dataset, self.ann_file)
+        self.category_ids, self.class_names = _categories(self.coco, self.ann_file, class_names, name_source)
+        self._label_of = {c: i + 1 for i, c in enumerate(self.category_ids) if c != -1}
         self.image_ids = sorted(self.coco.imgs)
         if not self.image_ids:
             raise DatasetError(f"{self.ann_file}: no images")
+        orphans = [a for a in self.coco.dataset.get("annotations", []) if a.get("image_id") not in self.coco.imgs]
+        if orphans:
+            raise DatasetError(f"{self.ann_file}: annotation id {orphans[0].get('id')} refers to image id "
+                               f"{orphans[0].get('image_id')!r}, which is not among the images"
+                               + (f" ({len(orphans)} annotations do)" if len(orphans) > 1 else ""))
         self._records = [self._record(i) for i in self.image_ids]
+        check_image_files([r["file"] for r in self._records], self.image_dir, listed_in=self.ann_file)
         dropped = sum(r["dropped"] for r in self._records)
         if dropped:
             logger.info("%s: dropped %d degenerate boxes (no area inside the image)", self.name, dropped)
@@ -66,9 +76,14 @@ class COCODetection(torch.utils.data.Dataset):
             if ann.get("category_id") not in self._label_of:
                 raise DatasetError(f"{self.ann_file}: annotation id {ann.get('id')} has unknown category_id "
                                    f"{ann.get('category_id')!r}")
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+                raise DatasetError(f"{self.ann_file}: annotation id {ann.get('id')} (image id {image_id}) has bbox "
+                                   f"{bbox!r}; expected four finite numbers [x, y, width, height]")
             if self.training and ann.get("iscrowd", 0):
                 continue
-            x, y, w, h = ann["bbox"]
+            x, y, w, h = bbox
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
             if x2 - x1 < 1e-3 or y2 - y1 < 1e-3:
@@ -110,6 +125,46 @@ class COCODetection(torch.utils.data.Dataset):
                 np.zeros((0, r["height"], r["width"]), dtype=np.uint8)
             target["masks"] = torch.from_numpy(masks)
         return (flip_horizontally(image, target) if hflip else (image, target))
+
+
+def _check_unique_ids(dataset: dict, ann_file: Path) -> None:
+    """pycocotools indexes images, annotations and categories by id, and a repeated id silently replaces the
+    earlier record (its objects then land on the other image, or vanish from evaluation)."""
+    for section in ("images", "annotations", "categories"):
+        repeated = [(i, n) for i, n in Counter(r.get("id") for r in dataset.get(section, [])).items() if n > 1]
+        if repeated:
+            what = section[:-1] if section != "categories" else "category"
+            more = f" ({len(repeated)} ids are repeated)" if len(repeated) > 1 else ""
+            raise DatasetError(f"{ann_file}: {what} id {repeated[0][0]!r} appears {repeated[0][1]} times in "
+                               f"'{section}'{more}; ids must be unique")
+
+
+def _categories(coco: COCO, ann_file: Path, class_names, name_source: str) -> tuple[list[int], list[str]]:
+    """(category ids, class names) in label order: the file's categories sorted by id, or -- when the class
+    names are given (a trained model's, or the training set's) -- the categories matched to them by name."""
+    cat_ids = sorted(coco.getCatIds())
+    if not cat_ids:
+        raise DatasetError(f"{ann_file}: no categories")
+    if class_names is None:
+        return cat_ids, [coco.cats[c]["name"] for c in cat_ids]
+    by_name = {coco.cats[c]["name"]: c for c in cat_ids}
+    used = {a["category_id"] for a in coco.dataset.get("annotations", [])}
+    unknown = [coco.cats[c]["name"] for c in cat_ids if c in used and coco.cats[c]["name"] not in class_names]
+    if unknown:
+        raise DatasetError(f"{ann_file}: category {unknown[0]!r} is not among {name_source} {list(class_names)}")
+    # a class this file has no category for keeps a label with an id no annotation uses (-1: none)
+    return [by_name.get(n, -1) for n in class_names], list(class_names)
+
+
+def check_image_files(files: list[Path], image_dir: Path, *, listed_in: Path) -> None:
+    """Every image file exists, checked before any time is spent (one directory listing, a stat for names in
+    sub-folders); otherwise the first missing file would only be found when a batch reaches it."""
+    present = set(os.listdir(image_dir))
+    missing = [f for f in files if not (f.name in present if f.parent == image_dir else f.is_file())]
+    if missing:
+        shown = ", ".join(str(f.relative_to(image_dir)) for f in missing[:5])
+        raise DatasetError(f"{listed_in}: {len(missing)} of the {len(files)} image files it lists are not in "
+                           f"{image_dir}: {shown}{', ...' if len(missing) > 5 else ''}")
 
 
 def read_image(path: Path, size: tuple[int, int], *, source: str, sizes_from: str) -> torch.Tensor:

@@ -21,14 +21,16 @@ logger = logging.getLogger("sampling_free")
 
 
 def evaluate_checkpoint_model(cfg: CfgNode, model, out_dir: str | Path, *, weights_name: str,
-                              device: torch.device) -> dict:
-    """Metrics per test dataset, written to ``out_dir/inference/<dataset>/<weights_name>/``.
+                              device: torch.device, class_names=None, name_source: str = "") -> dict:
+    """Metrics per test dataset, written to ``out_dir/inference/<dataset>/<weights_name>/``. The test sets' classes
+    are matched by name to ``class_names`` (the model's) when given, else to ``DATASETS.CLASS_NAMES``.
 
     Under torch.distributed every process runs inference on its share of the images; the detections are gathered
     and scored by the main process, whose metrics are returned (other processes get an empty dict)."""
     check_metric(cfg.TEST.VOC_METRIC)
     results = {}
-    for dataset in build_datasets(cfg.DATASETS.TEST, cfg, training=False):
+    for dataset in build_datasets(cfg.DATASETS.TEST, cfg, training=False, class_names=class_names,
+                                  name_source=name_source):
         folder = Path(out_dir) / "inference" / dataset.name.replace("/", "_").replace(":", "_") / weights_name
         loader = build_test_loader(cfg, dataset, rank=rank(), world_size=world_size())
         start = time.perf_counter()
@@ -49,9 +51,10 @@ def evaluate_checkpoint_model(cfg: CfgNode, model, out_dir: str | Path, *, weigh
     return results
 
 
-def model_from_checkpoint(cfg: CfgNode, path: str | Path, device: torch.device):
-    """A model built from ``cfg`` with the checkpoint's weights (and so its prior π and class count)."""
-    state = load_checkpoint(path)
+def model_from_checkpoint(cfg: CfgNode, path: str | Path, device: torch.device, *, state: dict | None = None):
+    """A model built from ``cfg`` with the checkpoint's weights (and so its prior π and class count); ``state``:
+    the checkpoint already loaded."""
+    state = load_checkpoint(path) if state is None else state
     num_classes = state.get("num_classes") or cfg.MODEL.NUM_CLASSES
     if not num_classes:
         raise ValueError(f"{path}: the checkpoint does not record its number of classes; set MODEL.NUM_CLASSES")
@@ -69,9 +72,12 @@ def model_from_checkpoint(cfg: CfgNode, path: str | Path, device: torch.device):
 def evaluate_weights(cfg: CfgNode, weights: list[Path], out_dir: Path, device: torch.device) -> dict:
     summary = {}
     for path in weights:
-        model = model_from_checkpoint(cfg, path, device)
-        summary[str(path)] = evaluate_checkpoint_model(cfg, model, out_dir, weights_name=Path(path).stem,
-                                                       device=device)
+        state = load_checkpoint(path)
+        model = model_from_checkpoint(cfg, path, device, state=state)
+        names = state.get("class_names")
+        summary[str(path)] = evaluate_checkpoint_model(
+            cfg, model, out_dir, weights_name=Path(path).stem, device=device, class_names=names,
+            name_source=f"the classes of the model in {path}")
     logger.info("summary:\n%s", json.dumps({w: {d: m["bbox"] for d, m in r.items()} for w, r in summary.items()},
                                            indent=1))
     return summary

@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed as dist
 from ..config import CfgNode, save_config, with_values
-from ..data.build import build_datasets, build_train_loader
+from ..data.build import batches, build_datasets, build_train_loader
 from ..modeling import build_model
 from ..prior import config_prior, estimate_prior, write_json_atomic
 from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
@@ -105,13 +105,15 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
         ensure_writable(out_dir)
     dist.barrier()
     setup_logging(out_dir if dist.is_main() else None)
-    if dist.is_main():
-        save_config(cfg, out_dir / "config.yaml")
     torch.manual_seed(cfg.SEED)
     logger.info("training in %s on %s (%d process%s)", out_dir, device, dist.world_size(),
                 "es" if dist.world_size() > 1 else "")
 
     datasets = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True, with_masks=cfg.MODEL.MASK_ON)
+    # the class names trained on, in label order: the test sets are matched to them by name, and config.yaml keeps them
+    cfg = with_values(cfg, {"DATASETS.CLASS_NAMES": list(datasets[0].class_names)})
+    if dist.is_main():
+        save_config(cfg, out_dir / "config.yaml")
     model, _ = prepare_model(cfg, datasets, out_dir)
     logger.info("%s with %s", type(model).__name__, model.switches)
     model.to(device)
@@ -164,7 +166,6 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
     metrics = MetricsWriter(out_dir, start_iter, enabled=dist.is_main(), tensorboard=cfg.TENSORBOARD)
     bar = tqdm(total=s.MAX_ITER, initial=start_iter, desc="train", dynamic_ncols=True,
                disable=None if dist.is_main() else True)
-    data_iter = iter(loader)
     autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     def save(name: str, iteration: int) -> None:
@@ -172,7 +173,7 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
             save_checkpoint(out_dir, name, checkpoint_state(iteration))
         dist.barrier()
 
-    with logging_redirect_tqdm(), _StopRequest() as stop:
+    with logging_redirect_tqdm(), _StopRequest() as stop, batches(loader) as data_iter:
         try:
             for iteration in range(start_iter, s.MAX_ITER):
                 t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from ..data.build import batches
 from ..data.voc import VOCDetection
 from .voc import check_metric, format_voc_table, voc_metrics
 
@@ -25,10 +26,11 @@ def run_inference(model, loader, device) -> list[dict]:
     """Detections per image, in original image coordinates, on the CPU."""
     model.eval()
     predictions = []
-    for images, targets in loader:
-        outputs = model([im.to(device) for im in images])
-        for target, out in zip(targets, outputs):
-            predictions.append({"image_id": target["image_id"], **{k: v.cpu() for k, v in out.items()}})
+    with batches(loader) as stream:
+        for images, targets in stream:
+            outputs = model([im.to(device) for im in images])
+            for target, out in zip(targets, outputs):
+                predictions.append({"image_id": target["image_id"], **{k: v.cpu() for k, v in out.items()}})
     return predictions
 
 
@@ -36,17 +38,30 @@ def to_coco_results(dataset, predictions: list[dict]) -> tuple[list[dict], list[
     """(bbox results, segm results) in COCO results format, with the dataset's own category ids."""
     boxes_out, masks_out = [], []
     for p in predictions:
-        boxes = p["boxes"].numpy().astype(np.float64)
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
-        for k in range(len(boxes)):
-            record = {"image_id": int(p["image_id"]), "category_id": dataset.category_ids[int(p["labels"][k]) - 1],
-                      "score": float(p["scores"][k])}
-            boxes_out.append({**record, "bbox": [round(float(v), 2) for v in xywh[k]]})
-            if "masks" in p:
-                m = (p["masks"][k, 0] > 0.5).numpy().astype(np.uint8)
-                rle = mask_utils.encode(np.asfortranarray(m))
-                rle["counts"] = rle["counts"].decode("ascii")
-                masks_out.append({**record, "segmentation": rle})
+        boxes, masks = coco_records(p, image_id=int(p["image_id"]), category_ids=dataset.category_ids)
+        boxes_out += boxes
+        masks_out += masks
+    return boxes_out, masks_out
+
+
+def coco_records(detections: dict, *, image_id: int, category_ids, extra=None) -> tuple[list[dict], list[dict]]:
+    """One image's detections (``boxes`` xyxy, ``scores``, ``labels`` 1..C, optional ``masks``) as COCO result
+    records: ``bbox`` [x, y, w, h], ``category_id`` = ``category_ids[label - 1]``; masks as RLE. ``extra(k)``
+    adds fields to detection k's records."""
+    boxes = detections["boxes"].numpy().astype(np.float64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+    boxes_out, masks_out = [], []
+    for k in range(len(boxes)):
+        label = int(detections["labels"][k])
+        record = {"image_id": image_id, "category_id": category_ids[label - 1],
+                  "score": float(detections["scores"][k]), **(extra(k) if extra else {})}
+        boxes_out.append({**record, "bbox": [round(float(v), 2) for v in xywh[k]]})
+        if "masks" in detections:
+            mask = detections["masks"][k]
+            mask = (mask[0] > 0.5) if mask.dim() == 3 else mask  # probabilities (1, H, W) or a boolean mask
+            rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            masks_out.append({**record, "segmentation": rle})
     return boxes_out, masks_out
 
 
