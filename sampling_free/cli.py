@@ -96,10 +96,10 @@ def cmd_prior(args) -> int:
 def cmd_data(args) -> int:
     from .data import shapes
 
-    if args.name != "shapes":
-        raise SystemExit(f"error: unknown built-in dataset {args.name!r} (only 'shapes')")
-    splits = {"train": args.train_images, "val": args.val_images}
-    out = shapes.write_dataset(args.out, seed=args.seed, splits=splits, layout=args.format)
+    profile = "shapes" if args.name == "shapes" else args.name[len("shapes_"):]
+    defaults = dict(shapes.PROFILES[profile].splits)
+    splits = {"train": args.train_images or defaults["train"], "val": args.val_images or defaults["val"]}
+    out = shapes.write_dataset(args.out, seed=args.seed, splits=splits, layout=args.format, profile=profile)
     for split in splits:
         if args.format == "voc":
             print(f"voc:{out.resolve()}:{split}")
@@ -256,11 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prior)
 
     p = sub.add_parser("data", help="write a built-in dataset to disk")
-    p.add_argument("name", choices=["shapes"])
+    p.add_argument("name", choices=["shapes", "shapes_dense"],
+                   help="shapes: 1-10 objects per image, 8 px to most of the image; shapes_dense: dozens of small "
+                        "objects (6-32 px) per 256-320 px image")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-images", type=int, default=1200)
-    p.add_argument("--val-images", type=int, default=300)
+    p.add_argument("--train-images", type=int, help="default: 1200 (shapes), 600 (shapes_dense)")
+    p.add_argument("--val-images", type=int, help="default: 300 (shapes), 150 (shapes_dense)")
     p.add_argument("--format", choices=["coco", "voc"], default="coco",
                    help="COCO JSON + image folders, or the PASCAL VOC devkit layout (XML, ImageSets/Main)")
     p.set_defaults(func=cmd_data)

@@ -11,14 +11,20 @@ focal loss / RPN+RoI undersampling / hard-negative mining by
    because a classifier trained on every anchor is calibrated to the true (tiny) foreground rate.
 
 Every detector adapter in ``sampling_free.modeling`` calls these functions and nothing else of the method.
+
+Two options follow the original's later (journal) code rather than the paper: ``FrozenGuidedRatio`` takes the ratio
+of guided scaling every step only for a warm-up, then keeps it fixed; ``UncertaintyWeights`` weighs every loss term
+by a learned σ. Both are off unless configured.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
-__all__ = ["optimal_bias", "guided_loss_scaling", "adaptive_score_threshold", "prior_from_counts"]
+__all__ = ["optimal_bias", "guided_loss_scaling", "adaptive_score_threshold", "prior_from_counts",
+           "FrozenGuidedRatio", "UncertaintyWeights"]
 
 
 def prior_from_counts(num_foreground: float, num_background: float, num_classes: int) -> float:
@@ -75,3 +81,60 @@ def adaptive_score_threshold(prior: float, num_classes: int) -> float:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return min(1.0, prior * num_classes)
+
+
+class FrozenGuidedRatio(nn.Module):
+    """Guided scaling with the ratio frozen after a warm-up (the original's journal code, for dense heads).
+
+    For the first ``warmup_iters`` training steps the ratio ``stopgrad(L_reg / L_cls)`` is taken every step, as in
+    ``guided_loss_scaling``; from then on it is fixed. The original froze the ratio of the warm-up's last step,
+    averaged over processes: one batch's value, which moves with the batch's number of objects. We freeze the mean
+    over the second half of the warm-up steps (then over processes, by ``average``): the same quantity with the
+    batch noise averaged out, and past the first steps, where the loss is still far from its working range.
+    The state lives in buffers, so a checkpoint resumes with the same frozen value."""
+
+    def __init__(self, warmup_iters: int, *, average=None):
+        super().__init__()
+        if warmup_iters < 1:
+            raise ValueError(f"warmup_iters must be >= 1, got {warmup_iters}")
+        self.warmup_iters, self.average = warmup_iters, average
+        self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("ratio_sum", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("ratio_count", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("frozen", torch.tensor(math.nan, dtype=torch.float64))
+
+    def forward(self, cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float = 1.0, eps: float = 1e-12, *,
+                reduce=None) -> torch.Tensor:
+        if not torch.isnan(self.frozen):
+            return cls_loss * (self.frozen.to(cls_loss.dtype) * scale)
+        values = torch.stack([reg_loss.detach(), cls_loss.detach()])
+        if reduce is not None:
+            values = reduce(values)
+        ratio = values[0] / values[1].clamp(min=eps)
+        self.steps += 1
+        if self.steps > self.warmup_iters // 2:
+            self.ratio_sum += ratio.double()
+            self.ratio_count += 1
+        if self.steps >= self.warmup_iters:
+            mean = self.ratio_sum / self.ratio_count
+            self.frozen.fill_(float(self.average(mean.reshape(1))[0]) if self.average is not None else float(mean))
+        return cls_loss * (ratio * scale)
+
+
+class UncertaintyWeights(nn.Module):
+    """Every loss term L_i weighted by a learned σ_i: ``L_i / (2 σ_i²)``, plus ``Σ log σ_i`` as its own term
+    (Kendall et al.'s homoscedastic uncertainty weighting, as the original's journal code applied it after guided
+    scaling). σ starts at 1, so every term starts at half its value; at equilibrium σ_i² = L_i and each weighted
+    term is 1/2. The log term is ``Σ log |σ_i|``: the original's ``log Π σ_i`` while every σ_i > 0, and still defined
+    should one cross 0."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = list(names)
+        self.sigmas = nn.Parameter(torch.ones(len(self.names)))
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        weighted = {name: losses[name] / (2 * self.sigmas[k] ** 2) for k, name in enumerate(self.names)}
+        weighted.update({name: value for name, value in losses.items() if name not in weighted})
+        weighted["loss_uncertainty"] = torch.log(self.sigmas.abs()).sum()
+        return weighted

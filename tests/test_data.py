@@ -142,3 +142,22 @@ def test_batch_stream_is_resumable_and_shards_into_the_same_global_batches():
     flips = [f for batch in full for _, f, _ in batch]
     assert 0.3 < sum(flips) / len(flips) < 0.7
     assert _take(GroupedBatchStream(groups, 4, seed=4, hflip_prob=0.5, num_sizes=2), 30) != full
+
+
+def test_the_dense_profile_holds_dozens_of_small_objects_and_leaves_shapes_as_it_was(tmp_path):
+    from sampling_free.cli import main
+
+    assert main(["data", "shapes_dense", "--out", str(tmp_path / "dense"), "--train-images", "6",
+                 "--val-images", "1"]) == 0
+    ann = json.loads((tmp_path / "dense" / "annotations" / "instances_train.json").read_text())
+    per_image = [sum(a["image_id"] == i["id"] for a in ann["annotations"]) for i in ann["images"]]
+    sides = [min(i["width"], i["height"]) for i in ann["images"]]
+    extents = [max(a["bbox"][2], a["bbox"][3]) for a in ann["annotations"]]
+    assert min(per_image) >= 15 and max(per_image) <= 60  # a few may be hidden under later objects
+    assert min(sides) >= 256 and max(sides) <= 320 and max(extents) <= 32 * 2 ** 0.5 + 1  # a rotated 32 px square
+    assert ann["info"]["description"].startswith("sampling-free built-in dense dataset")
+    # the default profile draws what it drew before profiles existed (train images 0 and 7 of seed 0, as the
+    # generator of v0.1 wrote them)
+    for index, size, labels in ((0, (213, 228), [5, 0, 1]), (7, (255, 223), [0, 1, 1])):
+        image, objects = shapes.render_image(0, "train", index)
+        assert image.size == size and [o["label"] for o in objects] == labels

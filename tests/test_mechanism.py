@@ -80,3 +80,49 @@ def test_prior_and_threshold_from_counts():
     assert adaptive_score_threshold(1e-5, 80) == pytest.approx(8.0e-4)
     with pytest.raises(ValueError, match="no matched anchors"):
         prior_from_counts(0, 100, 3)
+
+
+# --- the original's journal-version options ----------------------------------------------------------------------
+
+def test_frozen_ratio_is_taken_every_step_then_frozen_at_the_second_half_mean():
+    from sampling_free.mechanism import FrozenGuidedRatio
+
+    frozen = FrozenGuidedRatio(4)
+    pairs = [(2.0, 1.0), (4.0, 1.0), (5.0, 2.0), (8.0, 1.0), (3.0, 3.0), (10.0, 1.0)]  # (L_cls, L_reg) per step
+    ratios = [r / c for c, r in pairs]
+    expected_frozen = (ratios[2] + ratios[3]) / 2  # steps 3 and 4: the second half of a 4-step warm-up
+    for step, (c, r) in enumerate(pairs):
+        w = torch.tensor(1.0, requires_grad=True)
+        cls, reg = c * w, torch.tensor(r)
+        out = frozen(cls, reg, 2.0)
+        (grad,) = torch.autograd.grad(out, w)
+        ratio = ratios[step] if step < 4 else expected_frozen
+        assert out.item() == pytest.approx(2.0 * ratio * c) and grad.item() == pytest.approx(2.0 * ratio * c)
+    assert frozen.frozen.item() == pytest.approx(expected_frozen)
+    resumed = FrozenGuidedRatio(4)
+    resumed.load_state_dict(frozen.state_dict())  # a checkpoint keeps the frozen value
+    assert resumed(torch.tensor(1.0), torch.tensor(5.0)).item() == pytest.approx(expected_frozen)
+
+
+def test_frozen_ratio_averages_over_processes_when_it_freezes():
+    from sampling_free.mechanism import FrozenGuidedRatio
+
+    frozen = FrozenGuidedRatio(2, average=lambda t: t * 0 + 0.25)  # stands in for the mean over processes
+    frozen(torch.tensor(1.0), torch.tensor(1.0))
+    frozen(torch.tensor(1.0), torch.tensor(3.0))
+    assert frozen.frozen.item() == 0.25
+
+
+def test_uncertainty_weights_value_and_gradient_by_hand():
+    from sampling_free.mechanism import UncertaintyWeights
+
+    weights = UncertaintyWeights(["a", "b"])
+    with torch.no_grad():
+        weights.sigmas.copy_(torch.tensor([0.5, 2.0]))
+    out = weights({"a": torch.tensor(3.0), "b": torch.tensor(8.0), "c": torch.tensor(1.0)})
+    assert out["a"].item() == pytest.approx(3.0 / (2 * 0.25)) and out["b"].item() == pytest.approx(8.0 / 8.0)
+    assert out["c"].item() == 1.0  # a term not named is left as it is
+    assert out["loss_uncertainty"].item() == pytest.approx(math.log(0.5) + math.log(2.0))
+    sum(out.values()).backward()
+    # d/dσ [L / (2σ²) + log σ] = -L / σ³ + 1 / σ
+    assert weights.sigmas.grad.tolist() == pytest.approx([-3.0 / 0.125 + 2.0, -8.0 / 8.0 + 0.5])

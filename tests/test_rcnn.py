@@ -150,3 +150,17 @@ def test_empty_batch_gives_connected_zero_losses():
     assert losses["loss_rpn_box_reg"].item() == 0.0 and losses["loss_objectness"].item() == 0.0
     sum(losses.values()).backward()
     assert model.rpn.head.cls_logits.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["GeneralizedRCNN", "CascadeRCNN"])
+def test_box_predictors_start_as_the_originals(arch):
+    """cls N(0, 0.01), box N(0, 0.001), biases 0, in both modes (torchvision's nn.Linear default is uniform)."""
+    for sampling_free in (True, False):
+        model = model_for(sampling_free, **{"MODEL.META_ARCHITECTURE": arch, "MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM": 512})
+        heads = model.roi_heads
+        predictors = list(heads.stages) if arch == "CascadeRCNN" else [heads.box_predictor]
+        for p in predictors:
+            p = p.requires_grad_(False)
+            assert float(p.cls_score.bias.abs().max()) == 0 and float(p.bbox_pred.bias.abs().max()) == 0
+            assert float(p.cls_score.weight.std()) == pytest.approx(0.01, rel=0.05)
+            assert float(p.bbox_pred.weight.std()) == pytest.approx(0.001, rel=0.1)

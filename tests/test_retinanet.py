@@ -142,3 +142,25 @@ def test_threshold_is_applied_in_postprocessing():
     baseline = small_model(False)
     det = baseline.postprocess_detections(outputs, [anchor_boxes], [(64, 64)])[0]
     assert det["scores"].tolist() == pytest.approx([0.3])
+
+
+def test_journal_options_are_wired_and_only_with_guided_scaling():
+    base = {"MODEL.META_ARCHITECTURE": "RetinaNet", "MODEL.BACKBONE.NAME": "resnet18", "MODEL.BACKBONE.WEIGHTS": "",
+            "MODEL.FPN.OUT_CHANNELS": 32, "MODEL.RETINANET.NUM_CONVS": 1,
+            "MODEL.SAMPLING_FREE.GUIDED_WARMUP_ITERS": 3, "MODEL.SAMPLING_FREE.LEARNED_LOSS_WEIGHTS": True}
+    free = build_model(load_config(values={**base, "MODEL.SAMPLING_FREE_ON": True}), 3)
+    focal = build_model(load_config(values={**base, "MODEL.SAMPLING_FREE_ON": False}), 3)
+    assert focal.loss.frozen_ratio is None and focal.loss_weights is None
+    assert free.loss.frozen_ratio.warmup_iters == 3 and "loss_weights.sigmas" in dict(free.named_parameters())
+    free.set_prior(1e-3)
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 60, 50]]), "labels": torch.tensor([2])}]
+    free.train()
+    torch.manual_seed(1)  # the same training size for both calls
+    losses = free(images, targets)
+    free.loss_weights = None
+    torch.manual_seed(1)
+    plain = free(images, targets)
+    assert set(losses) == {"loss_retina_cls", "loss_retina_reg", "loss_uncertainty"}
+    assert losses["loss_retina_reg"].item() == pytest.approx(plain["loss_retina_reg"].item() / 2, rel=1e-5)  # σ = 1
+    assert losses["loss_uncertainty"].item() == 0.0

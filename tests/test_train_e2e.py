@@ -83,3 +83,27 @@ def test_rcnn_trains_and_evaluates_boxes_and_masks(tiny_dataset_overrides, tmp_p
     assert (metrics_file.parent / "segm.json").is_file() == mask_on
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_objectness", "loss_classifier", "rpn_samples", "roi_samples"} <= set(records[-1])
+
+
+RCNN_TINY = {"MODEL.FPN.MIN_LEVEL": 2, "MODEL.FPN.TOP_BLOCK": "maxpool", "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE": 1,
+             "MODEL.ROI_BOX_HEAD.MLP_HEAD_DIM": 64, "MODEL.RPN.POST_NMS_TOP_N_TRAIN": 200,
+             "MODEL.RPN.POST_NMS_TOP_N_TEST": 100}
+
+
+@pytest.mark.parametrize("arch", ["RetinaNet", "CascadeRCNN"])
+def test_journal_options_resume_with_their_frozen_ratio_and_sigmas(tiny_dataset_overrides, tmp_path, arch):
+    """Guided ratio frozen after 2 steps, learned loss weights: interrupted at 2 and resumed, the run continues
+    exactly (the frozen ratios and the σ live in the checkpoint)."""
+    opts = {**tiny_dataset_overrides, "MODEL.META_ARCHITECTURE": arch, **(RCNN_TINY if arch != "RetinaNet" else {}),
+            "MODEL.SAMPLING_FREE_ON": True, "MODEL.SAMPLING_FREE.GUIDED_WARMUP_ITERS": 2,
+            "MODEL.SAMPLING_FREE.LEARNED_LOSS_WEIGHTS": True, "SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2}
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train", "--skip-test", *_args({**opts, "OUTPUT_DIR": str(whole)})]) == 0
+    assert main(["train", "--skip-test", *_args({**opts, "OUTPUT_DIR": str(parts), "SOLVER.MAX_ITER": 2})]) == 0
+    assert main(["train", "--skip-test", *_args({**opts, "OUTPUT_DIR": str(parts)})]) == 0
+    a, b = _losses(whole), _losses(parts)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for it in (3, 4):
+        assert b[it] == pytest.approx(a[it], rel=1e-4)
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_uncertainty" in r for r in records)

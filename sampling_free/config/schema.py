@@ -77,6 +77,12 @@ SCHEMA: dict = {
                                    "original's fixed 1e-4)."),
             "SYNC_GUIDED_RATIO": _b(False, "Multi-process training: one guided-scaling ratio per step from the losses "
                                     "averaged over processes, instead of one per process (the original)."),
+            "GUIDED_WARMUP_ITERS": _i(0, "Guided scaling as the original's journal code: the ratio L_reg / L_cls is "
+                                      "taken every step for this many steps, then frozen at its mean over the "
+                                      "second half of them (and over processes). 0: every step (the paper)."),
+            "LEARNED_LOSS_WEIGHTS": _b(False, "With GUIDED_LOSS: every loss term L_i weighted by a learned sigma_i as "
+                                       "L_i / (2 sigma_i^2), plus sum log sigma_i (the journal code's uncertainty "
+                                       "weighting)."),
             "PRIOR_IMAGES": _i(0, "Estimate pi on this many training images, a fixed random subset, with a jackknife "
                                "standard error in prior.json (0: every image, exact). pi is a ratio of sums over "
                                "images, so a sample pins it closely in a fraction of the time (docs/results.md)."),

@@ -15,7 +15,8 @@ COCO_CATALOG = {
     "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
     "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
 }
-SHAPES_SPLITS = {"shapes_train": "train", "shapes_val": "val"}
+SHAPES_SPLITS = {"shapes_train": ("shapes", "train"), "shapes_val": ("shapes", "val"),
+                 "shapes_dense_train": ("dense", "train"), "shapes_dense_val": ("dense", "val")}
 # name -> (devkit root, split), relative to the datasets root.
 VOC_CATALOG = {
     **{f"voc_2007_{s}": ("voc/VOC2007", s) for s in ("train", "val", "trainval", "test")},
@@ -66,8 +67,8 @@ def resolve(name: str, root: str | Path = "") -> DatasetSpec:
             raise ValueError(f"dataset {name!r}: expected voc:<devkit root>:<split>, e.g. voc:/data/VOC2007:test")
         return voc_spec(name, folder, split)
     if name in SHAPES_SPLITS:
-        folder = shapes.ensure_shapes(root)
-        split = SHAPES_SPLITS[name]
+        profile, split = SHAPES_SPLITS[name]
+        folder = shapes.ensure_shapes(root, profile=profile)
         return DatasetSpec(name, folder / "annotations" / f"instances_{split}.json", folder / split)
     if name in COCO_CATALOG:
         ann, images = COCO_CATALOG[name]

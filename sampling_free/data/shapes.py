@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,23 @@ EMPTY_IMAGE_FRACTION = 0.05
 MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION = 8, 0.85
 MAX_HIDDEN_FRACTION = 0.5  # an object may be covered by later ones up to this share of its area
 DISTRACTORS = ("ellipse", "half_disc", "l_shape")  # solid shapes that are no class: hard negatives
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a variant's images hold. ``shapes``: 1-10 objects from 8 px to most of a 160-224 px image.
+    ``dense``: dozens of small objects (6-32 px) on a 256-320 px image -- aerial trees, cells, crowds."""
+    short_side: tuple[int, int] = (160, 225)  # range of the shorter side (upper bound excluded)
+    objects: tuple[int, int] = (1, 11)  # objects per image (upper bound excluded)
+    object_sizes: tuple[float, float] | None = None  # px; None: MIN_OBJECT_SIZE to MAX_OBJECT_FRACTION of the image
+    empty_fraction: float = EMPTY_IMAGE_FRACTION
+    distractors: tuple[int, int] = (0, 4)
+    splits: tuple[tuple[str, int], ...] = tuple(SPLITS.items())
+
+
+PROFILES = {"shapes": Profile(),
+            "dense": Profile(short_side=(256, 321), objects=(20, 61), object_sizes=(6.0, 32.0), empty_fraction=0.02,
+                             distractors=(0, 10), splits=(("train", 600), ("val", 150)))}
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Generator) -> list:
@@ -123,18 +141,20 @@ def _draw_clutter(image: Image.Image, rng) -> None:
             draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=colour)
 
 
-def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[dict]]:
+def render_image(seed: int, split: str, index: int, profile: str = "shapes") -> tuple[Image.Image, list[dict]]:
     """One image and its objects (class index, visible mask). Pure function of its arguments."""
-    split_key = sum(ord(c) * 31 ** i for i, c in enumerate(split)) % 1_000_003
+    p = PROFILES[profile]
+    key = split if profile == "shapes" else f"{profile}_{split}"
+    split_key = sum(ord(c) * 31 ** i for i, c in enumerate(key)) % 1_000_003
     rng = np.random.default_rng([seed, split_key, index])
-    short = int(rng.integers(160, 225))
+    short = int(rng.integers(*p.short_side))
     long_side = int(short * rng.uniform(1.0, 1.4))
     height, width = (short, long_side) if rng.random() < 0.6 else (long_side, short)
     base = _background(rng, height, width)
     image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     _draw_clutter(image, rng)
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(*p.distractors)):
         size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(0.5 * min(height, width))))
         kind = DISTRACTORS[rng.integers(len(DISTRACTORS))]
         draw.polygon(_shape_polygon(kind, rng.uniform(0, width), rng.uniform(0, height), size, rng),
@@ -142,12 +162,12 @@ def render_image(seed: int, split: str, index: int) -> tuple[Image.Image, list[d
     pixels = np.asarray(image, dtype=np.float32).copy()
 
     objects: list[dict] = []
-    n_objects = 0 if rng.random() < EMPTY_IMAGE_FRACTION else int(rng.integers(1, 11))
-    max_size = MAX_OBJECT_FRACTION * min(height, width)
+    n_objects = 0 if rng.random() < p.empty_fraction else int(rng.integers(*p.objects))
+    min_size, max_size = p.object_sizes or (MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION * min(height, width))
     for _ in range(n_objects):
         label = int(rng.choice(len(CLASSES), p=CLASS_FREQUENCY))
         for _attempt in range(20):
-            size = math.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(max_size)))
+            size = math.exp(rng.uniform(math.log(min_size), math.log(max_size)))
             cx = rng.uniform(size * 0.3, width - size * 0.3)
             cy = rng.uniform(size * 0.3, height - size * 0.3)
             mask = _object_mask(CLASSES[label], cx, cy, size, (height, width), rng)
@@ -187,14 +207,14 @@ def _annotation(obj: dict, image_id: int, ann_id: int) -> dict:
             "area": int(mask.sum()), "iscrowd": 0, "segmentation": rle}
 
 
-def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0) -> Path:
+def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0, profile: str = "shapes") -> Path:
     """Write ``<out>/<split>/*.jpg`` and ``<out>/annotations/instances_<split>.json``; returns the JSON path."""
     out_dir = Path(out_dir)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
-        image, objects = render_image(seed, split, index)
+        image, objects = render_image(seed, split, index, profile)
         file_name = f"{index:06d}.jpg"
         image.save(out_dir / split / file_name, quality=92)
         image_id = index + 1
@@ -202,7 +222,7 @@ def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int =
         for obj in objects:
             annotations.append(_annotation(obj, image_id, len(annotations) + 1))
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    info = {"description": f"sampling-free built-in shapes dataset v{VERSION}", "seed": seed, "version": VERSION}
+    info = {"description": f"sampling-free built-in {profile} dataset v{VERSION}", "seed": seed, "version": VERSION}
     path = out_dir / "annotations" / f"instances_{split}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"info": info, "images": images, "annotations": annotations,
@@ -234,7 +254,8 @@ def _voc_xml(file_name: str, image: Image.Image, objects: list[dict]) -> ET.Elem
     return tree
 
 
-def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0) -> Path:
+def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: int = 0,
+                    profile: str = "shapes") -> Path:
     """The same images and objects as ``write_split`` in the VOC devkit layout; returns the split list's path.
 
     Every split shares ``JPEGImages`` and ``Annotations``, so file ids carry the split (``val_000003``).
@@ -246,7 +267,7 @@ def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: i
     (out_dir / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
     ids = []
     for index in range(num_images):
-        image, objects = render_image(seed, split, index)
+        image, objects = render_image(seed, split, index, profile)
         file_id = f"{split}_{index:06d}"
         image.save(out_dir / "JPEGImages" / f"{file_id}.jpg", quality=92)
         _voc_xml(f"{file_id}.jpg", image, objects).write(out_dir / "Annotations" / f"{file_id}.xml",
@@ -260,29 +281,34 @@ def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: i
 
 
 def write_dataset(out_dir: str | Path, *, seed: int = 0, splits: dict[str, int] | None = None,
-                  layout: str = "coco") -> Path:
+                  layout: str = "coco", profile: str = "shapes") -> Path:
     """Every split in COCO layout (``layout="coco"``) or in the VOC devkit layout (``layout="voc"``)."""
     if layout not in ("coco", "voc"):
         raise ValueError(f"layout {layout!r}: expected 'coco' or 'voc'")
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r}: expected one of {sorted(PROFILES)}")
     write = write_split if layout == "coco" else write_split_voc
-    for split, count in (splits or SPLITS).items():
-        write(out_dir, split, count, seed=seed)
+    for split, count in (splits or dict(PROFILES[profile].splits)).items():
+        write(out_dir, split, count, seed=seed, profile=profile)
     return Path(out_dir)
 
 
-def ensure_shapes(root: str | Path, *, seed: int = 0) -> Path:
-    """The cached default dataset under ``root/shapes``, generated on first use (atomically, by folder rename)."""
-    target = Path(root) / "shapes"
-    stamp = {"version": VERSION, "seed": seed, "splits": SPLITS}
+def ensure_shapes(root: str | Path, *, seed: int = 0, profile: str = "shapes") -> Path:
+    """The cached dataset of a profile under ``root/shapes`` (``root/shapes_dense``...), generated on first use
+    (atomically, by folder rename)."""
+    name = "shapes" if profile == "shapes" else f"shapes_{profile}"
+    target = Path(root) / name
+    splits = dict(PROFILES[profile].splits)
+    stamp = {"version": VERSION, "seed": seed, "splits": splits, **({"profile": profile} if profile != "shapes" else {})}
     stamp_file = target / "GENERATED.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return target
     Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".shapes-", dir=root))
-    logger.info("generating the built-in shapes dataset (%s) in %s", SPLITS, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    logger.info("generating the built-in %s dataset (%s) in %s", name, splits, target)
     try:
         os.chmod(tmp, 0o755)
-        write_dataset(tmp, seed=seed)
+        write_dataset(tmp, seed=seed, profile=profile)
         (tmp / "GENERATED.json").write_text(json.dumps(stamp))
         if target.exists():
             shutil.rmtree(target)

@@ -22,8 +22,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from .common import Switches, build_transform, resolve_switches
-from .rcnn import SamplingFreeRCNN, build_backbone_and_rpn, rcnn_box_loss
+from .common import Switches, build_transform, frozen_ratio, resolve_switches
+from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, rcnn_box_loss
 from .roi_align import ParallelMultiScaleRoIAlign
 
 
@@ -35,10 +35,7 @@ class CascadeStage(nn.Module):
         self.box_head = TwoMLPHead(in_features, mlp_dim)
         self.cls_score = nn.Linear(mlp_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(mlp_dim, 4)
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.zeros_(self.cls_score.bias)
-        nn.init.zeros_(self.bbox_pred.bias)
+        init_box_predictor(self)
         self.matcher = det_utils.Matcher(iou, iou, allow_low_quality_matches=False)
         self.box_coder = det_utils.BoxCoder(tuple(weights))
 
@@ -59,6 +56,9 @@ class CascadeRoIHeads(nn.Module):
         self.baseline_score_thresh, self.free_score_thresh = score_thresh, free_score_thresh
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
+        # one frozen guided ratio per stage when GUIDED_WARMUP_ITERS is set
+        self.frozen_ratios = nn.ModuleList([frozen_ratio(switches) for _ in stages]) \
+            if switches.guided_warmup_iters > 0 else None
         self.last_stats: dict[str, float] = {}
 
     @property
@@ -107,8 +107,9 @@ class CascadeRoIHeads(nn.Module):
             gt = torch.cat([t["boxes"][m] if t["boxes"].numel() else torch.zeros(len(m), 4, device=m.device)
                             for t, m in zip(targets, matched)])
             reg_targets = stage.box_coder.encode_single(gt[positive], torch.cat(boxes)[positive])
-            loss_cls, loss_reg, stage_stats = rcnn_box_loss(logits, deltas[positive], flat_labels, reg_targets,
-                                                            switches=self.switches, beta=self.smooth_l1_beta)
+            loss_cls, loss_reg, stage_stats = rcnn_box_loss(
+                logits, deltas[positive], flat_labels, reg_targets, switches=self.switches, beta=self.smooth_l1_beta,
+                frozen=self.frozen_ratios[k] if self.frozen_ratios is not None else None)
             losses[f"loss_cls_stage{k}"], losses[f"loss_box_reg_stage{k}"] = weight * loss_cls, weight * loss_reg
             stats.update({f"{key}_stage{k}": value for key, value in stage_stats.items()})
             if k + 1 < len(self.stages):
@@ -179,4 +180,6 @@ def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         positive_fraction=h.POSITIVE_FRACTION, smooth_l1_beta=b.SMOOTH_L1_BETA, score_thresh=h.SCORE_THRESH,
         free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH, nms_thresh=h.NMS_THRESH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask)
-    return SamplingFreeRCNN(backbone, rpn, heads, build_transform(cfg), num_classes=num_classes, switches=switches)
+    names = RPN_LOSSES + tuple(f"loss_{kind}_stage{k}" for k in range(len(stages)) for kind in ("cls", "box_reg"))
+    return SamplingFreeRCNN(backbone, rpn, heads, build_transform(cfg), num_classes=num_classes, switches=switches,
+                            loss_names=names + (("loss_mask",) if m.MASK_ON else ()))

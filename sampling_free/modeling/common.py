@@ -13,7 +13,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from ..distributed import mean_over_ranks
-from ..mechanism import guided_loss_scaling, optimal_bias
+from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, guided_loss_scaling, optimal_bias
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -70,6 +70,8 @@ class Switches:
     adaptive_threshold: bool
     classification_scale: float
     sync_guided_ratio: bool = False
+    guided_warmup_iters: int = 0  # journal version: the guided ratio frozen after this many steps (0: never)
+    learned_loss_weights: bool = False  # journal version: every loss weighted by a learned σ (with guided_loss)
 
     @property
     def needs_prior(self) -> bool:
@@ -88,13 +90,36 @@ def resolve_switches(cfg, *, default_scale: float) -> Switches:
         return on if value is None else value
 
     scale = cfg.MODEL.CLASSIFICATION_SCALE
-    return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), pick(sf.GUIDED_LOSS), pick(sf.ADAPTIVE_THRESHOLD),
-                    default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO)
+    guided_on = pick(sf.GUIDED_LOSS)
+    return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), guided_on, pick(sf.ADAPTIVE_THRESHOLD),
+                    default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO,
+                    sf.GUIDED_WARMUP_ITERS if guided_on else 0, bool(sf.LEARNED_LOSS_WEIGHTS and guided_on))
 
 
-def guided(switches: Switches, cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float) -> torch.Tensor:
-    """``guided_loss_scaling`` with the ratio taken per process (the original) or over all processes."""
-    return guided_loss_scaling(cls_loss, reg_loss, scale, reduce=mean_over_ranks if switches.sync_guided_ratio else None)
+def frozen_ratio(switches: Switches) -> FrozenGuidedRatio | None:
+    """The state of one guided loss when its ratio is frozen after a warm-up, else None (a ratio every step)."""
+    if switches.guided_warmup_iters <= 0:
+        return None
+    return FrozenGuidedRatio(switches.guided_warmup_iters, average=mean_over_ranks)
+
+
+def guided(switches: Switches, cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float,
+           frozen: FrozenGuidedRatio | None = None) -> torch.Tensor:
+    """``guided_loss_scaling`` with the ratio taken per process (the original) or over all processes; through
+    ``frozen`` when the ratio is frozen after a warm-up."""
+    reduce = mean_over_ranks if switches.sync_guided_ratio else None
+    if frozen is not None:
+        return frozen(cls_loss, reg_loss, scale, reduce=reduce)
+    return guided_loss_scaling(cls_loss, reg_loss, scale, reduce=reduce)
+
+
+def loss_weights(switches: Switches, names) -> UncertaintyWeights | None:
+    """Learned σ per loss term (``learned_loss_weights``), else None."""
+    return UncertaintyWeights(names) if switches.learned_loss_weights else None
+
+
+def weigh(weights: UncertaintyWeights | None, losses: dict) -> dict:
+    return losses if weights is None else weights(losses)
 
 
 class PriorBuffer(nn.Module):

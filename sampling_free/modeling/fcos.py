@@ -28,8 +28,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from ..distributed import average_count
 from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
-from .common import GridPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
-    resolve_switches
+from .common import GridPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+    frozen_ratio, guided, loss_weights, resolve_switches, weigh
 
 
 def fcos_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[int], radius: float) -> torch.Tensor:
@@ -92,6 +92,8 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         self.focal_alpha, self.focal_gamma = c.FOCAL_LOSS_ALPHA, c.FOCAL_LOSS_GAMMA
         self.baseline_score_thresh, self.guided_target = c.SCORE_THRESH, c.GUIDED_TARGET
         self.last_stats: dict[str, float] = {}
+        self.frozen_ratio = frozen_ratio(switches)
+        self.loss_weights = loss_weights(switches, ["loss_fcos_cls", "loss_fcos_giou", "loss_fcos_centerness"])
         self.set_classification_prior(c.PRIOR_PROB)
 
     @property
@@ -137,8 +139,10 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         self.last_stats = {"num_pos": float(fg.sum()), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
             reference = loss_giou + loss_ctr if self.guided_target == "giou_centerness" else loss_giou
-            loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale)
-        return {"loss_fcos_cls": loss_cls, "loss_fcos_giou": loss_giou, "loss_fcos_centerness": loss_ctr}
+            loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale,
+                              self.frozen_ratio)
+        return weigh(self.loss_weights,
+                     {"loss_fcos_cls": loss_cls, "loss_fcos_giou": loss_giou, "loss_fcos_centerness": loss_ctr})
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         """Keep (location, class) pairs whose *classification* probability passes the threshold; rank and NMS them

@@ -15,13 +15,15 @@ RoI box head (``SamplingFreeRoIHeads``):
   positives / #sampled; test score threshold 0.05;
 * sampling-free: **every** proposal (plus the ground-truth boxes); CE mean guided-scaled to the box loss, which is
   the mean smooth-L1 over the 4 * P coordinates, x ``MODEL.CLASSIFICATION_SCALE`` (default 2); test score
-  threshold ``MODEL.SAMPLING_FREE.ROI_SCORE_THRESH`` (1e-4). The softmax bias stays 0, as in the original.
+  threshold ``MODEL.SAMPLING_FREE.ROI_SCORE_THRESH`` (1e-4). The softmax bias starts at 0 in both modes, and the
+  predictor's weights as the original's (``init_box_predictor``).
 * mask head: loss unchanged, fed every positive RoI (the baseline's sampler keeps at most 128 per image).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -31,9 +33,23 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 from ..distributed import average_count
 from ..mechanism import optimal_bias
 from .backbone import backbone_from_config
-from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
-    inside_image, resolve_switches
+from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, \
+    guided, inside_image, loss_weights, resolve_switches, weigh
 from .roi_align import ParallelMultiScaleRoIAlign
+
+
+RPN_LOSSES = ("loss_objectness", "loss_rpn_box_reg")
+
+
+def init_box_predictor(predictor: nn.Module) -> None:
+    """The original's (maskrcnn-benchmark's) box predictor init, in both modes: class scores N(0, 0.01), box deltas
+    N(0, 0.001), biases 0 -- all classes start equal, and the first box deltas near zero. torchvision's default
+    ``nn.Linear`` init (uniform, class bias up to ±1/sqrt(fan_in)) would start the classes unequal, and under guided
+    scaling the classification gradient is tied to the box loss those first deltas make."""
+    nn.init.normal_(predictor.cls_score.weight, std=0.01)
+    nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
+    nn.init.zeros_(predictor.cls_score.bias)
+    nn.init.zeros_(predictor.bbox_pred.bias)
 
 
 class SamplingFreeRPN(RegionProposalNetwork):
@@ -42,6 +58,7 @@ class SamplingFreeRPN(RegionProposalNetwork):
         super().__init__(**kwargs)
         self.switches, self.rpn_scale = switches, rpn_scale
         self.straddle_thresh, self.smooth_l1_beta = straddle_thresh, smooth_l1_beta
+        self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
 
     def assign(self, anchors, targets, image_sizes):
@@ -77,7 +94,7 @@ class SamplingFreeRPN(RegionProposalNetwork):
         loss_reg = loss_reg / (4 * num_pos) * 0.5 if self.switches.no_heuristic else loss_reg / num_used
         self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
         if self.switches.guided_loss:
-            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale)
+            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio)
         return loss_obj, loss_reg
 
     def forward(self, images, features, targets=None):
@@ -97,10 +114,12 @@ class SamplingFreeRPN(RegionProposalNetwork):
         return boxes, losses
 
 
-def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, switches: Switches, beta: float):
+def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, switches: Switches, beta: float,
+                  frozen=None):
     """Softmax CE over every RoI given; smooth-L1 over the positives' deltas (already selected: class-specific or
     class-agnostic). Baseline: box loss summed / #RoIs; sampling-free: mean over the 4 * P coordinates, and the CE
-    guided-scaled to it. Returns (loss_cls, loss_reg, stats)."""
+    guided-scaled to it (through ``frozen``, a ``FrozenGuidedRatio``, when given). Returns (loss_cls, loss_reg,
+    stats)."""
     num_rois, num_pos = average_count(labels.numel()), average_count(positive_deltas.shape[0])  # over processes
     loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / num_rois
     # without positives: zero, but connected to the box layer (DistributedDataParallel needs every gradient)
@@ -108,7 +127,7 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / num_rois
     stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive_deltas.shape[0])}
     if switches.guided_loss:
-        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale)
+        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale, frozen)
     return loss_cls, loss_reg, stats
 
 
@@ -117,6 +136,7 @@ class SamplingFreeRoIHeads(RoIHeads):
         super().__init__(**kwargs)
         self.switches, self.smooth_l1_beta = switches, smooth_l1_beta
         self.baseline_score_thresh, self.free_score_thresh = self.score_thresh, free_score_thresh
+        self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
 
     def subsample(self, labels):
@@ -130,7 +150,7 @@ class SamplingFreeRoIHeads(RoIHeads):
         per_class = box_regression.reshape(labels.numel(), -1, 4)[positive, labels[positive]]
         loss_cls, loss_reg, self.last_stats = rcnn_box_loss(
             class_logits, per_class, labels, torch.cat(regression_targets)[positive], switches=self.switches,
-            beta=self.smooth_l1_beta)
+            beta=self.smooth_l1_beta, frozen=self.frozen_ratio)
         return loss_cls, loss_reg
 
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -162,10 +182,15 @@ class SamplingFreeRCNN(GeneralizedRCNN):
     """torchvision's GeneralizedRCNN over the RPN and RoI heads above; labels are 1..C like the datasets."""
 
     def __init__(self, backbone, rpn: SamplingFreeRPN, roi_heads: SamplingFreeRoIHeads, transform, *,
-                 num_classes: int, switches: Switches):
+                 num_classes: int, switches: Switches, loss_names):
         super().__init__(backbone, rpn, roi_heads, transform)
         self.switches, self._num_classes = switches, num_classes
         self.prior = PriorBuffer()
+        self.loss_weights = loss_weights(switches, loss_names)
+
+    def forward(self, images, targets=None):
+        out = super().forward(images, targets)
+        return weigh(self.loss_weights, out) if self.training else out
 
     @property
     def num_classes(self) -> int:
@@ -223,14 +248,17 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         mask_kwargs = dict(mask_roi_pool=ParallelMultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
                            mask_head=MaskRCNNHeads(backbone.out_channels, tuple(mh.CONV_LAYERS), 1),
                            mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
+    predictor = FastRCNNPredictor(b.MLP_HEAD_DIM, num_classes + 1)
+    init_box_predictor(predictor)
     roi_heads = SamplingFreeRoIHeads(
         switches=switches, smooth_l1_beta=b.SMOOTH_L1_BETA, free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH,
         box_roi_pool=box_pool,
         box_head=TwoMLPHead(backbone.out_channels * b.POOLER_RESOLUTION**2, b.MLP_HEAD_DIM),
-        box_predictor=FastRCNNPredictor(b.MLP_HEAD_DIM, num_classes + 1),
+        box_predictor=predictor,
         fg_iou_thresh=h.FG_IOU_THRESHOLD, bg_iou_thresh=h.BG_IOU_THRESHOLD,
         batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
         bbox_reg_weights=tuple(h.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH, nms_thresh=h.NMS_THRESH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask_kwargs)
     return SamplingFreeRCNN(backbone, rpn, roi_heads, build_transform(cfg), num_classes=num_classes,
-                            switches=switches)
+                            switches=switches, loss_names=RPN_LOSSES + ("loss_classifier", "loss_box_reg")
+                            + (("loss_mask",) if m.MASK_ON else ()))

@@ -10,6 +10,9 @@ torchvision's ``RetinaNet`` provides backbone, heads, anchors and decoding. This
   (``adaptive_threshold``);
 * nothing else: matcher, anchors, box coder and regression loss are the same in both modes, as in the original.
 
+Options of the original's journal code: the guided ratio frozen after a warm-up, and learned loss weights
+(``MODEL.SAMPLING_FREE.GUIDED_WARMUP_ITERS``, ``LEARNED_LOSS_WEIGHTS``; ``mechanism.py``).
+
 Losses follow the original (maskrcnn-benchmark) normalisation: classification summed over anchors and classes
 ÷ (#positives + #images); regression smooth-L1 (β = 0.11) summed ÷ (4 · #positives), box coder (10, 10, 5, 5).
 Departure from the original (spec bug B3): anchors in the ignore band [BG_IOU, FG_IOU) are left out of the BCE
@@ -29,8 +32,8 @@ from torchvision.ops.misc import Conv2dNormActivation
 from ..distributed import average_count
 from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
-from .common import AnchorPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, guided, \
-    resolve_switches
+from .common import AnchorPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+    frozen_ratio, guided, loss_weights, resolve_switches, weigh
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -43,6 +46,7 @@ class RetinaNetLoss(nn.Module):
         super().__init__()
         self.switches, self.matcher, self.box_coder = switches, matcher, box_coder
         self.focal_alpha, self.focal_gamma, self.smooth_l1_beta = focal_alpha, focal_gamma, smooth_l1_beta
+        self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}  # diagnostics of the latest batch, logged by the trainer
 
     def match(self, targets, anchors) -> list[torch.Tensor]:
@@ -83,7 +87,8 @@ class RetinaNetLoss(nn.Module):
             loss_reg = box_deltas.sum() * 0.0
         self.last_stats = {"num_pos": float(num_pos), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
-            loss_cls = guided(self.switches, loss_cls, loss_reg, self.switches.classification_scale)
+            loss_cls = guided(self.switches, loss_cls, loss_reg, self.switches.classification_scale,
+                              self.frozen_ratio)
             self.last_stats["guided_ratio"] = float(loss_cls.detach() / max(self.last_stats["cls_unscaled"], 1e-12))
         return {"loss_retina_cls": loss_cls, "loss_retina_reg": loss_reg}
 
@@ -121,6 +126,7 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         self.loss = RetinaNetLoss(switches=switches, matcher=self.proposal_matcher, box_coder=self.box_coder,
                                   focal_alpha=rc.FOCAL_LOSS_ALPHA, focal_gamma=rc.FOCAL_LOSS_GAMMA,
                                   smooth_l1_beta=rc.SMOOTH_L1_BETA)
+        self.loss_weights = loss_weights(switches, ["loss_retina_cls", "loss_retina_reg"])
         self.set_classification_prior(rc.PRIOR_PROB)
 
     def test_thresholds(self) -> tuple[float, float]:
@@ -139,7 +145,7 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         return self.loss.last_stats
 
     def compute_loss(self, targets, head_outputs, anchors):
-        return self.loss(targets, head_outputs, anchors)
+        return weigh(self.loss_weights, self.loss(targets, head_outputs, anchors))
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         self.score_thresh, self.nms_thresh = self.test_thresholds()
