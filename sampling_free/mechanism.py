@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ["optimal_bias", "guided_loss_scaling", "adaptive_score_threshold", "prior_from_counts",
-           "FrozenGuidedRatio", "UncertaintyWeights"]
+           "class_priors_from_counts", "FrozenGuidedRatio", "UncertaintyWeights"]
 
 
 def prior_from_counts(num_foreground: float, num_background: float, num_classes: int) -> float:
@@ -42,6 +42,16 @@ def prior_from_counts(num_foreground: float, num_background: float, num_classes:
             "samples: the training set has no matched anchors (no annotations, or anchors that never fit them)"
         )
     return float(num_foreground) / float(total) / num_classes
+
+
+def class_priors_from_counts(foreground_per_class, num_background: float) -> list[float]:
+    """π_c per class (an extension beyond the paper, for long-tailed data): the probability that one non-ignored
+    anchor is foreground *of class c*, ``N_fg,c / (N_fg + N_bg)``. Their sum is the foreground fraction, C times
+    the shared π. A class with no foreground anchor gets half an anchor's worth, so its bias stays finite."""
+    total = float(sum(foreground_per_class)) + float(num_background)
+    if total <= 0 or sum(foreground_per_class) <= 0:
+        raise ValueError("cannot estimate per-class priors without foreground anchors")
+    return [max(float(n), 0.5) / total for n in foreground_per_class]
 
 
 def optimal_bias(prior: float) -> float:

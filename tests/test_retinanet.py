@@ -164,3 +164,42 @@ def test_journal_options_are_wired_and_only_with_guided_scaling():
     assert set(losses) == {"loss_retina_cls", "loss_retina_reg", "loss_uncertainty"}
     assert losses["loss_retina_reg"].item() == pytest.approx(plain["loss_retina_reg"].item() / 2, rel=1e-5)  # σ = 1
     assert losses["loss_uncertainty"].item() == 0.0
+
+
+def test_per_class_prior_sets_each_class_bias_and_threshold():
+    """π_c = N_fg,c / (N_fg + N_bg); bias column c at log(π_c / (1 - π_c)) for every anchor shape; threshold C·π_c."""
+    from sampling_free.mechanism import class_priors_from_counts
+
+    counts, background = [30.0, 6.0, 0.0], 9964.0
+    priors = class_priors_from_counts(counts, background)
+    assert priors == pytest.approx([30 / 10000, 6 / 10000, 0.5 / 10000])  # an absent class: half an anchor
+    cfg = load_config(values={"MODEL.META_ARCHITECTURE": "RetinaNet", "MODEL.BACKBONE.NAME": "resnet18",
+                              "MODEL.BACKBONE.WEIGHTS": "", "MODEL.FPN.OUT_CHANNELS": 32,
+                              "MODEL.RETINANET.NUM_CONVS": 1, "MODEL.SAMPLING_FREE_ON": True,
+                              "MODEL.SAMPLING_FREE.PER_CLASS_PRIOR": True})
+    model = build_model(cfg, 3)
+    model.set_prior(sum(priors) / 3, per_class=priors)
+    bias = model.head.classification_head.cls_logits.bias.detach().view(-1, 3)  # (anchors, classes)
+    assert bias.shape[0] == 9
+    for c in range(3):
+        assert torch.allclose(bias[:, c], torch.tensor(math.log(priors[c] / (1 - priors[c]))).float())
+    thresh, nms = model.test_thresholds()
+    assert thresh.tolist() == pytest.approx([3 * p for p in priors]) and nms == 0.55
+    # the thresholds live in the checkpoint
+    again = build_model(cfg, 3)
+    again.load_state_dict(model.state_dict())
+    assert again.test_thresholds()[0].tolist() == pytest.approx([3 * p for p in priors])
+    # detections: each class kept above its own threshold only. Every class scores about 0.006: under class 1's
+    # threshold (0.009), over those of classes 2 and 3 (0.0018, 0.00015)
+    model.set_classification_prior(0.006)
+    model.eval()
+    with torch.no_grad():
+        detections = model([torch.rand(3, 96, 96)])[0]
+    assert len(detections["labels"]) and set(detections["labels"].tolist()) <= {2, 3}
+    assert (detections["scores"] > thresh.float()[detections["labels"] - 1]).all()
+    with pytest.raises(ValueError, match="PER_CLASS_PRIOR is for one-stage detectors"):
+        build_model(load_config(values={"MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.BACKBONE.NAME":
+                                        "resnet18", "MODEL.BACKBONE.WEIGHTS": "", "MODEL.FPN.MIN_LEVEL": 2,
+                                        "MODEL.FPN.TOP_BLOCK": "maxpool",
+                                        "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE": 1,
+                                        "MODEL.SAMPLING_FREE.PER_CLASS_PRIOR": True}), 3)

@@ -96,7 +96,8 @@ def test_journal_options_resume_with_their_frozen_ratio_and_sigmas(tiny_dataset_
     exactly (the frozen ratios and the σ live in the checkpoint)."""
     opts = {**tiny_dataset_overrides, "MODEL.META_ARCHITECTURE": arch, **(RCNN_TINY if arch != "RetinaNet" else {}),
             "MODEL.SAMPLING_FREE_ON": True, "MODEL.SAMPLING_FREE.GUIDED_WARMUP_ITERS": 2,
-            "MODEL.SAMPLING_FREE.LEARNED_LOSS_WEIGHTS": True, "SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2}
+            "MODEL.SAMPLING_FREE.LEARNED_LOSS_WEIGHTS": True, "SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2,
+            "MODEL.SAMPLING_FREE.PER_CLASS_PRIOR": arch == "RetinaNet"}
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(["train", "--skip-test", *_args({**opts, "OUTPUT_DIR": str(whole)})]) == 0
     assert main(["train", "--skip-test", *_args({**opts, "OUTPUT_DIR": str(parts), "SOLVER.MAX_ITER": 2})]) == 0
@@ -107,3 +108,8 @@ def test_journal_options_resume_with_their_frozen_ratio_and_sigmas(tiny_dataset_
         assert b[it] == pytest.approx(a[it], rel=1e-4)
     records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert all("loss_uncertainty" in r for r in records)
+    if arch == "RetinaNet":  # the per-class priors, recorded with the counts they come from
+        prior = json.loads((whole / "prior.json").read_text())
+        total = prior["num_foreground"] + prior["num_background"]
+        assert prior["class_priors"] == pytest.approx(
+            {name: max(n, 0.5) / total for name, n in prior["foreground_per_class"].items()})

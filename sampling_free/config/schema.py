@@ -80,6 +80,9 @@ SCHEMA: dict = {
             "GUIDED_WARMUP_ITERS": _i(0, "Guided scaling as the original's journal code: the ratio L_reg / L_cls is "
                                       "taken every step for this many steps, then frozen at its mean over the "
                                       "second half of them (and over processes). 0: every step (the paper)."),
+            "PER_CLASS_PRIOR": _b(False, "One-stage detectors: a prior per class, pi_c = N_fg,c / (N_fg + N_bg), for "
+                                  "each class's bias and test threshold (C * pi_c), instead of one pi shared by all "
+                                  "classes. Beyond the paper: for long-tailed data."),
             "LEARNED_LOSS_WEIGHTS": _b(False, "With GUIDED_LOSS: every loss term L_i weighted by a learned sigma_i as "
                                        "L_i / (2 sigma_i^2), plus sum log sigma_i (the journal code's uncertainty "
                                        "weighting)."),

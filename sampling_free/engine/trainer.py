@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from .. import distributed as dist
 from ..config import CfgNode, save_config, with_values
 from ..data.build import batches, build_datasets, build_train_loader
+from ..mechanism import class_priors_from_counts
 from ..modeling import build_model
 from ..prior import config_prior, estimate_prior, write_json_atomic
 from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
@@ -52,7 +53,11 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
         prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR, model.prior_counter().num_classes)
     else:
         prior = estimate_prior(model, datasets, cfg, class_names=first.class_names)
-    model.set_prior(prior["prior"])
+    per_class = None
+    if model.switches.per_class_prior and "foreground_per_class" in prior:
+        per_class = class_priors_from_counts(list(prior["foreground_per_class"].values()), prior["num_background"])
+        prior = {**prior, "class_priors": dict(zip(prior["foreground_per_class"], per_class))}
+    model.set_prior(prior["prior"], per_class=per_class)
     if out_dir is not None and dist.is_main():
         write_json_atomic(out_dir / "prior.json", prior)
     sampled = "" if prior.get("prior_standard_error") is None else \

@@ -13,7 +13,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
 from ..distributed import mean_over_ranks
-from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, guided_loss_scaling, optimal_bias
+from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, adaptive_score_threshold, guided_loss_scaling, \
+    optimal_bias
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -72,6 +73,7 @@ class Switches:
     sync_guided_ratio: bool = False
     guided_warmup_iters: int = 0  # journal version: the guided ratio frozen after this many steps (0: never)
     learned_loss_weights: bool = False  # journal version: every loss weighted by a learned σ (with guided_loss)
+    per_class_prior: bool = False  # one-stage: a π per class for the bias and the test threshold
 
     @property
     def needs_prior(self) -> bool:
@@ -93,7 +95,8 @@ def resolve_switches(cfg, *, default_scale: float) -> Switches:
     guided_on = pick(sf.GUIDED_LOSS)
     return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), guided_on, pick(sf.ADAPTIVE_THRESHOLD),
                     default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO,
-                    sf.GUIDED_WARMUP_ITERS if guided_on else 0, bool(sf.LEARNED_LOSS_WEIGHTS and guided_on))
+                    sf.GUIDED_WARMUP_ITERS if guided_on else 0, bool(sf.LEARNED_LOSS_WEIGHTS and guided_on),
+                    sf.PER_CLASS_PRIOR)
 
 
 def frozen_ratio(switches: Switches) -> FrozenGuidedRatio | None:
@@ -123,21 +126,23 @@ def weigh(weights: UncertaintyWeights | None, losses: dict) -> dict:
 
 
 class PriorBuffer(nn.Module):
-    """Holds π inside the model (NaN until known), so a checkpoint carries what its test threshold needs."""
+    """Holds π inside the model (NaN until known), so a checkpoint carries what its test threshold needs; with
+    ``size``, one π per class."""
 
-    def __init__(self):
+    def __init__(self, size: int | None = None):
         super().__init__()
-        self.register_buffer("value", torch.tensor(math.nan, dtype=torch.float64))
+        shape = () if size is None else (size,)
+        self.register_buffer("value", torch.full(shape, math.nan, dtype=torch.float64))
 
-    def get(self) -> float:
-        value = float(self.value)
-        if math.isnan(value):
+    def get(self):
+        """π (a float), or the per-class π_c (a float64 tensor)."""
+        if torch.isnan(self.value).any():
             raise RuntimeError("the model's prior π is unknown: estimate it (training) or load a checkpoint that "
                                "holds it, or set MODEL.SAMPLING_FREE.PRIOR")
-        return value
+        return float(self.value) if self.value.dim() == 0 else self.value.clone()
 
-    def set(self, value: float) -> None:
-        self.value.fill_(value)
+    def set(self, value) -> None:
+        self.value.copy_(torch.as_tensor(value, dtype=torch.float64).expand_as(self.value))
 
 
 def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> torch.Tensor:
@@ -150,7 +155,8 @@ def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> t
 
 
 class OneStagePrior:
-    """π bookkeeping of the one-stage detectors (RetinaNet, FCOS), whose classifier is head.classification_head."""
+    """π bookkeeping of the one-stage detectors (RetinaNet, FCOS), whose classifier is head.classification_head.
+    ``self.class_prior`` is a per-class ``PriorBuffer`` with ``per_class_prior`` on, else None."""
 
     @property
     def num_classes(self) -> int:
@@ -160,15 +166,28 @@ class OneStagePrior:
     def classification_bias(self) -> torch.Tensor:
         return self.head.classification_head.cls_logits.bias
 
-    def set_classification_prior(self, prior: float) -> None:
+    def set_classification_prior(self, prior) -> None:
+        """The bias of every class column at ``optimal_bias(π)``; ``prior``: one π, or one per class (the head's
+        channels are anchor-major, class-minor)."""
+        priors = torch.as_tensor(prior, dtype=torch.float64).expand(self.num_classes)
+        bias = torch.tensor([optimal_bias(float(p)) for p in priors], dtype=self.classification_bias.dtype)
         with torch.no_grad():
-            self.classification_bias.fill_(optimal_bias(prior))
+            self.classification_bias.copy_(bias.repeat(self.classification_bias.numel() // self.num_classes))
 
-    def set_prior(self, prior: float) -> None:
-        """Record the dataset prior π; with ``bias_init`` on, also start the classification bias there."""
+    def set_prior(self, prior: float, per_class=None) -> None:
+        """Record the dataset prior π (and, with ``per_class_prior``, the π_c of every class); with ``bias_init`` on,
+        also start the classification bias there."""
         self.prior.set(prior)
+        if self.class_prior is not None:
+            self.class_prior.set(prior if per_class is None else per_class)
         if self.switches.bias_init:
-            self.set_classification_prior(prior)
+            self.set_classification_prior(self.class_prior.get() if self.class_prior is not None else prior)
+
+    def score_thresholds(self):
+        """The adaptive test threshold π · C, or with ``per_class_prior`` one per class, C · π_c (a tensor)."""
+        if self.class_prior is None:
+            return adaptive_score_threshold(self.prior.get(), self.num_classes)
+        return (self.class_prior.get() * self.num_classes).clamp(max=1.0)
 
 
 class GridPriorCounter:

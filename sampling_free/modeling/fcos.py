@@ -26,7 +26,6 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import average_count
-from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
 from .common import GridPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
     frozen_ratio, guided, loss_weights, resolve_switches, weigh
@@ -89,6 +88,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
                          center_sampling_radius=c.CENTER_SAMPLING_RADIUS, nms_thresh=c.NMS_THRESH,
                          detections_per_img=detections_per_img, topk_candidates=c.TOPK_CANDIDATES)
         self.transform, self.switches, self.prior = transform, switches, PriorBuffer()
+        self.class_prior = PriorBuffer(num_classes) if switches.per_class_prior else None
         self.focal_alpha, self.focal_gamma = c.FOCAL_LOSS_ALPHA, c.FOCAL_LOSS_GAMMA
         self.baseline_score_thresh, self.guided_target = c.SCORE_THRESH, c.GUIDED_TARGET
         self.last_stats: dict[str, float] = {}
@@ -104,9 +104,10 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         return FCOSPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
                                 num_classes=self.num_classes, radius=self.center_sampling_radius)
 
-    def test_score_thresh(self) -> float:
+    def test_score_thresh(self):
+        """A float, or a tensor of one per class with ``per_class_prior``."""
         if self.switches.adaptive_threshold:
-            return adaptive_score_threshold(self.prior.get(), self.num_classes)
+            return self.score_thresholds()
         return self.baseline_score_thresh
 
     def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
@@ -156,7 +157,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
             for deltas, logits, ctr, level_anchors in levels:
                 deltas, logits, ctr = deltas[index], logits[index], ctr[index]
                 probs = torch.sigmoid(logits)
-                keep = torch.where((probs > thresh).flatten())[0]
+                keep = torch.where((probs > (thresh.to(probs) if torch.is_tensor(thresh) else thresh)).flatten())[0]
                 scores = torch.sqrt(probs * torch.sigmoid(ctr)).flatten()[keep]
                 top = det_utils._topk_min(keep, self.topk_candidates, 0)
                 scores, order = scores.topk(top)

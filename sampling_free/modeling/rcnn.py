@@ -200,8 +200,9 @@ class SamplingFreeRCNN(GeneralizedRCNN):
     def objectness_bias(self) -> torch.Tensor:
         return self.rpn.head.cls_logits.bias
 
-    def set_prior(self, prior: float) -> None:
-        """Record the RPN's π; with ``bias_init`` on, also start the objectness bias there."""
+    def set_prior(self, prior: float, per_class=None) -> None:
+        """Record the RPN's π; with ``bias_init`` on, also start the objectness bias there. (``per_class``: always
+        None, the RPN is class-agnostic.)"""
         self.prior.set(prior)
         if self.switches.bias_init:
             with torch.no_grad():
@@ -221,6 +222,9 @@ class SamplingFreeRCNN(GeneralizedRCNN):
 def build_backbone_and_rpn(cfg, switches: Switches):
     """The parts every two-stage detector shares: backbone + FPN, the RPN, and the FPN level names for RoIAlign."""
     m = cfg.MODEL
+    if switches.per_class_prior:
+        raise ValueError("MODEL.SAMPLING_FREE.PER_CLASS_PRIOR is for one-stage detectors (RetinaNet, FCOS): the RPN's "
+                         "objectness is class-agnostic and the R-CNN box head's softmax bias starts at 0")
     backbone = backbone_from_config(cfg)
     anchor_generator = build_anchor_generator(cfg, len(backbone.level_strides))
     r = m.RPN

@@ -30,7 +30,6 @@ from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..distributed import average_count
-from ..mechanism import adaptive_score_threshold
 from .backbone import backbone_from_config
 from .common import AnchorPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
     frozen_ratio, guided, loss_weights, resolve_switches, weigh
@@ -121,6 +120,7 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         self.box_coder = det_utils.BoxCoder(weights=BOX_CODER_WEIGHTS)
         self.switches = switches
         self.prior = PriorBuffer()
+        self.class_prior = PriorBuffer(num_classes) if switches.per_class_prior else None
         self.baseline_score_thresh, self.baseline_nms_thresh = rc.SCORE_THRESH, rc.NMS_THRESH
         self.adaptive_nms_thresh = adaptive_nms_thresh
         self.loss = RetinaNetLoss(switches=switches, matcher=self.proposal_matcher, box_coder=self.box_coder,
@@ -129,10 +129,11 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         self.loss_weights = loss_weights(switches, ["loss_retina_cls", "loss_retina_reg"])
         self.set_classification_prior(rc.PRIOR_PROB)
 
-    def test_thresholds(self) -> tuple[float, float]:
-        """(score threshold, NMS IoU) used at inference."""
+    def test_thresholds(self) -> tuple:
+        """(score threshold, NMS IoU) used at inference; the threshold is a tensor of one per class with
+        ``per_class_prior``."""
         if self.switches.adaptive_threshold:
-            return adaptive_score_threshold(self.prior.get(), self.num_classes), self.adaptive_nms_thresh
+            return self.score_thresholds(), self.adaptive_nms_thresh
         return self.baseline_score_thresh, self.baseline_nms_thresh
 
     def prior_counter(self) -> AnchorPriorCounter:
@@ -148,9 +149,15 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         return weigh(self.loss_weights, self.loss(targets, head_outputs, anchors))
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
-        self.score_thresh, self.nms_thresh = self.test_thresholds()
+        thresh, self.nms_thresh = self.test_thresholds()
+        per_class = torch.is_tensor(thresh)
+        # per class: candidates above the lowest class threshold, then each class's own
+        self.score_thresh = float(thresh.min()) if per_class else thresh
         detections = super().postprocess_detections(head_outputs, anchors, image_shapes)
         for d in detections:
+            if per_class:
+                keep = d["scores"] > thresh.to(d["scores"])[d["labels"]]
+                d.update({k: v[keep] for k, v in d.items()})
             d["labels"] = d["labels"] + 1  # head column k is class k + 1
         return detections
 
