@@ -7,7 +7,8 @@ import torch
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from sampling_free.modeling.common import AnchorPriorCounter, DetectionTransform
+from sampling_free.modeling.common import DetectionTransform
+from sampling_free.modeling.prior_rules import AnchorPriorCounter
 from sampling_free.prior import count_dataset, padded_size, resized_size
 from paths import CONFIGS
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import box_iou
 
 from ..distributed import mean_over_ranks
 from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, adaptive_score_threshold, guided_loss_scaling, \
@@ -188,77 +185,3 @@ class OneStagePrior:
         if self.class_prior is None:
             return adaptive_score_threshold(self.prior.get(), self.num_classes)
         return (self.class_prior.get() * self.num_classes).clamp(max=1.0)
-
-
-class GridPriorCounter:
-    """Shared part of the prior-counting rules: the locations/anchors a detector has for a padded input."""
-
-    def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, num_classes: int):
-        self.backbone, self.anchor_generator, self.num_classes = backbone, anchor_generator, num_classes
-        self._cache: dict[tuple[int, int], tuple[torch.Tensor, list[int]]] = {}
-        self._grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
-
-    def locations(self, padded: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
-        """(anchors of the whole pyramid, number per level), cached per padded size."""
-        if padded not in self._cache:
-            with torch.no_grad():  # a zero-image batch gives every level's grid size at no cost
-                features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
-                grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
-                images = ImageList(torch.empty(1, 0, *padded), [padded])
-                anchors = self.anchor_generator(images, grids)[0]
-            per_level = [g.shape[-2] * g.shape[-1] * self.anchor_generator.num_anchors_per_location()[k]
-                         for k, g in enumerate(grids)]
-            self._cache[padded] = (anchors, per_level)
-            self._grids[padded] = [tuple(g.shape[-2:]) for g in grids]
-        return self._cache[padded]
-
-    def level_grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
-        """(height, width) of every level's grid for ``padded``."""
-        self.locations(padded)
-        return self._grids[padded]
-
-    def anchors(self, padded: tuple[int, int]) -> torch.Tensor:
-        return self.locations(padded)[0]
-
-
-class AnchorPriorCounter(GridPriorCounter):
-    """The prior-counting rule of an anchor-based head: its anchors for a padded input, labelled by its matcher.
-
-    Foreground = matched anchors (IoU >= high threshold, plus low-quality best matches when the matcher allows
-    them), background = IoU < low threshold; anchors in between are ignored, as in the loss, and so are anchors
-    crossing the image border by more than ``straddle_thresh`` when it is >= 0 (the RPN's visibility rule)."""
-
-    def __init__(self, *, backbone: nn.Module, anchor_generator: AnchorGenerator, matcher, num_classes: int,
-                 class_agnostic: bool = False, straddle_thresh: float = -1):
-        super().__init__(backbone=backbone, anchor_generator=anchor_generator, num_classes=num_classes)
-        self.matcher, self.class_agnostic, self.straddle_thresh = matcher, class_agnostic, straddle_thresh
-
-    def count(self, padded, image_size, boxes: torch.Tensor, labels: torch.Tensor):
-        anchors = self.anchors(tuple(padded))
-        keep = inside_image(anchors, image_size, self.straddle_thresh)
-        if boxes.numel() == 0:
-            return np.zeros(self.num_classes), float(keep.sum())
-        # match against every anchor, then drop the straddling ones: exactly what the RPN loss does
-        matched = self.matcher(box_iou(boxes, anchors))[keep]
-        fg = matched >= 0
-        classes = torch.zeros_like(labels) if self.class_agnostic else labels - 1
-        per_class = torch.bincount(classes[matched[fg]], minlength=self.num_classes)
-        return per_class.double().numpy(), float((matched == self.matcher.BELOW_LOW_THRESHOLD).sum())
-
-    def count_many(self, passes) -> tuple[np.ndarray, np.ndarray]:
-        """The weighted counts (foreground passes x classes, background per pass) of many (padded, image_size,
-        boxes, labels, weight) passes sharing one padded size, by ``fast_prior.count_images`` (windows instead of
-        every box against every anchor)."""
-        from .fast_prior import count_images
-
-        return count_images(self, passes, low=self.matcher.low_threshold, high=self.matcher.high_threshold,
-                            allow_low_quality=self.matcher.allow_low_quality_matches,
-                            straddle=self.straddle_thresh, num_classes=self.num_classes,
-                            class_agnostic=self.class_agnostic)
-
-    def describe(self) -> dict:
-        return {"anchor_sizes": [list(s) for s in self.anchor_generator.sizes],
-                "aspect_ratios": [list(r) for r in self.anchor_generator.aspect_ratios],
-                "fg_iou": self.matcher.high_threshold, "bg_iou": self.matcher.low_threshold,
-                "low_quality_matches": self.matcher.allow_low_quality_matches, "num_classes": self.num_classes,
-                "straddle_thresh": self.straddle_thresh}

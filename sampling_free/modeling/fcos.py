@@ -27,7 +27,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import average_count
 from .backbone import backbone_from_config
-from .common import GridPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+from .prior_rules import FCOSPriorCounter
+from .common import OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
     frozen_ratio, guided, loss_weights, resolve_switches, weigh
 
 
@@ -57,26 +58,6 @@ def fcos_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[
     return index
 
 
-class FCOSPriorCounter(GridPriorCounter):
-    """π's counting rule for FCOS: its locations for a padded input, labelled by ``fcos_assign``; every location
-    that is not foreground is background (FCOS ignores none)."""
-
-    def __init__(self, *, backbone, anchor_generator, num_classes: int, radius: float):
-        super().__init__(backbone=backbone, anchor_generator=anchor_generator, num_classes=num_classes)
-        self.radius = radius
-
-    def count(self, padded, image_size, boxes, labels):
-        anchors, per_level = self.locations(tuple(padded))
-        matched = fcos_assign(anchors, boxes, per_level, self.radius)
-        fg = matched >= 0
-        per_class = torch.bincount(labels[matched[fg]] - 1, minlength=self.num_classes)
-        return per_class.double().numpy(), float((~fg).sum())
-
-    def describe(self) -> dict:
-        return {"rule": "fcos", "sizes": [list(s) for s in self.anchor_generator.sizes],
-                "center_sampling_radius": self.radius, "num_classes": self.num_classes}
-
-
 class SamplingFreeFCOS(OneStagePrior, FCOS):
     """torchvision ``FCOS`` with the loss, bias and threshold above; labels are 1..C like the datasets."""
 
@@ -102,7 +83,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
 
     def prior_counter(self) -> FCOSPriorCounter:
         return FCOSPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
-                                num_classes=self.num_classes, radius=self.center_sampling_radius)
+                                num_classes=self.num_classes, radius=self.center_sampling_radius, assign=fcos_assign)
 
     def test_score_thresh(self):
         """A float, or a tensor of one per class with ``per_class_prior``."""

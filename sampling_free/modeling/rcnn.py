@@ -33,7 +33,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 from ..distributed import average_count
 from ..mechanism import optimal_bias
 from .backbone import backbone_from_config
-from .common import AnchorPriorCounter, PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, \
+from .prior_rules import AnchorPriorCounter
+from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, \
     guided, inside_image, loss_weights, resolve_switches, weigh
 from .roi_align import ParallelMultiScaleRoIAlign
 

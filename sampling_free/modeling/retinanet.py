@@ -31,7 +31,8 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from ..distributed import average_count
 from .backbone import backbone_from_config
-from .common import AnchorPriorCounter, OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
+from .prior_rules import AnchorPriorCounter
+from .common import OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
     frozen_ratio, guided, loss_weights, resolve_switches, weigh
 
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
