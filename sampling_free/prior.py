@@ -22,13 +22,14 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .distributed import gather_objects, is_main, rank, world_size
-from .mechanism import adaptive_score_threshold, optimal_bias, prior_from_counts
+from .mechanism import prior_from_counts
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: counts exact for best anchors tied across shapes of equal area (COCO anchors)
@@ -174,23 +175,43 @@ def _sum_over_ranks(counts: dict) -> dict:
     return total
 
 
-def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
-    """π and everything behind it, from the cache when the same setting was counted before."""
+@dataclass(frozen=True)
+class CountingSetting:
+    """How training images reach the detector (resize rule, padding, flips), which images are counted, where the
+    cache lives: everything but the rule and the data that π depends on."""
+    min_sizes: tuple[int, ...]
+    max_size: int
+    size_divisibility: int
+    hflip_prob: float = 0.5
+    sample_images: int = 0  # > 0: count a fixed random subset of this many images
+    cache_dir: str = ""
+    detector: str = ""  # a name for the cache key
+
+
+def setting_from_config(cfg) -> CountingSetting:
+    return CountingSetting(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.SIZE_DIVISIBILITY,
+                           cfg.INPUT.HFLIP_PROB, cfg.MODEL.SAMPLING_FREE.PRIOR_IMAGES,
+                           cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR, cfg.MODEL.META_ARCHITECTURE)
+
+
+def estimate_prior(model, datasets, setting: CountingSetting, *, class_names=None) -> dict:
+    """π and the counts behind it, from the cache when the same setting was counted before. What the model then
+    does with π (bias, thresholds) is the model's to report (``describe_prior``)."""
     counter = model.prior_counter()
     depends_on = {
         "version": CACHE_VERSION,
-        "detector": cfg.MODEL.META_ARCHITECTURE,
+        "detector": setting.detector or type(model).__name__,
         "rule": counter.describe(),
         "datasets": [{"name": d.name, "annotations_sha256": annotations_digest(d)} for d in datasets],
-        "min_sizes": list(cfg.INPUT.MIN_SIZE_TRAIN), "max_size": cfg.INPUT.MAX_SIZE_TRAIN,
-        "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY, "hflip_prob": cfg.INPUT.HFLIP_PROB,
+        "min_sizes": list(setting.min_sizes), "max_size": setting.max_size,
+        "size_divisibility": setting.size_divisibility, "hflip_prob": setting.hflip_prob,
     }
     total_images = sum(len(d) for d in datasets)
-    sample = cfg.MODEL.SAMPLING_FREE.PRIOR_IMAGES
+    sample = setting.sample_images
     if 0 < sample < total_images:
         depends_on["sampled_images"] = sample
     key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:20]
-    cache_file = cache_dir(cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR) / f"{key}.json"
+    cache_file = cache_dir(setting.cache_dir) / f"{key}.json"
     if cache_file.exists():
         result = json.loads(cache_file.read_text())
         result["source"] = f"cache {cache_file}"
@@ -198,8 +219,8 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
 
     start = time.perf_counter()
     count = functools.partial(
-        count_dataset, datasets, counter, min_sizes=cfg.INPUT.MIN_SIZE_TRAIN, max_size=cfg.INPUT.MAX_SIZE_TRAIN,
-        size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY, hflip_prob=cfg.INPUT.HFLIP_PROB, rank=rank(),
+        count_dataset, datasets, counter, min_sizes=setting.min_sizes, max_size=setting.max_size,
+        size_divisibility=setting.size_divisibility, hflip_prob=setting.hflip_prob, rank=rank(),
         world_size=world_size())
     sampled = "sampled_images" in depends_on
     counts = _sum_over_ranks(count(folds=sample_folds(total_images, sample) if sampled else None))
@@ -207,11 +228,9 @@ def estimate_prior(model, datasets, cfg, *, class_names=None) -> dict:
                                               sampled_fraction=sample / total_images) if sampled else None
     num_fg = float(counts["foreground_per_class"].sum())
     prior = prior_from_counts(num_fg, counts["background"], counter.num_classes)
-    names = class_names or [str(i + 1) for i in range(counter.num_classes)]
+    names = class_names or [str(i + 1) for i in range(len(counts["foreground_per_class"]))]
     result = {
         "prior": prior,
-        "bias": optimal_bias(prior),
-        "score_threshold": adaptive_score_threshold(prior, counter.num_classes),
         "num_classes": counter.num_classes,
         "num_foreground": num_fg,
         "num_background": counts["background"],
@@ -252,8 +271,7 @@ def jackknife_standard_error(folds: list[dict], num_classes: int, *, sampled_fra
 
 
 def config_prior(value: float, num_classes: int) -> dict:
-    return {"prior": value, "bias": optimal_bias(value), "score_threshold": adaptive_score_threshold(value, num_classes),
-            "num_classes": num_classes, "source": "config MODEL.SAMPLING_FREE.PRIOR"}
+    return {"prior": value, "num_classes": num_classes, "source": "config MODEL.SAMPLING_FREE.PRIOR"}
 
 
 def write_json_atomic(path: Path, data: dict | list) -> None:

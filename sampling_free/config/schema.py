@@ -104,8 +104,9 @@ SCHEMA: dict = {
         "FPN": {
             "OUT_CHANNELS": _i(256, "Channels of every FPN level and of the heads."),
             "MIN_LEVEL": _i(3, "Finest pyramid level (stride 2**MIN_LEVEL).", choices=(2, 3, 4, 5)),
-            "TOP_BLOCK": _s("p6p7", "Levels above P5: p6p7 (RetinaNet: two stride-2 convs from C5) or maxpool (P6 only).",
-                            choices=("p6p7", "maxpool")),
+            "TOP_BLOCK": _s("p6p7", "Levels above P5: p6p7 (RetinaNet: two stride-2 convs from C5, the original), "
+                            "p6p7_from_p5 (from P5, torchvision's RetinaNet and FCOS) or maxpool (P6 only).",
+                            choices=("p6p7", "p6p7_from_p5", "maxpool")),
         },
         "ANCHOR_GENERATOR": {
             "SIZES": _l([[32], [64], [128], [256], [512]], "Base anchor size per pyramid level (one list per level).",
@@ -123,6 +124,18 @@ SCHEMA: dict = {
             "FOCAL_LOSS_ALPHA": _f(0.25, "Focal loss alpha (baseline)."),
             "FOCAL_LOSS_GAMMA": _f(2.0, "Focal loss gamma (baseline)."),
             "SMOOTH_L1_BETA": _f(0.11, "Box regression smooth-L1 beta; the loss is summed and divided by 4 x #pos."),
+            "BBOX_REG_WEIGHTS": _l([10.0, 10.0, 5.0, 5.0], "Box coder weights (the original's; torchvision's "
+                                   "RetinaNet uses 1, 1, 1, 1).", item="float"),
+            "LOSS_STYLE": _s("original", "original: maskrcnn-benchmark's normalisation (classification / (#pos + "
+                             "#images), smooth-L1 / (4 #pos), over the batch); torchvision: torchvision's (each "
+                             "image / max(1, #pos), averaged over images, box loss BBOX_REG_LOSS).",
+                             choices=("original", "torchvision")),
+            "BBOX_REG_LOSS": _s("smooth_l1", "Box loss with LOSS_STYLE torchvision: l1 (torchvision's RetinaNet), "
+                                "giou (its v2), smooth_l1, diou or ciou.",
+                                choices=("smooth_l1", "l1", "giou", "diou", "ciou")),
+            "BACKGROUND_COLUMN": _b(False, "Keep a classification column 0 that is never a class, as torchvision's "
+                                    "models count a background class: torchvision RetinaNet weights then load "
+                                    "unchanged (MODEL.WEIGHT)."),
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Baseline per-class NMS IoU at test time."),
             "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
@@ -139,6 +152,12 @@ SCHEMA: dict = {
             "TOPK_CANDIDATES": _i(1000, "Candidates kept per level before NMS at test time."),
             "GUIDED_TARGET": _s("giou", "Sampling-free: the regression side the classification loss is scaled to.",
                                 choices=("giou", "giou_centerness")),
+            "THRESHOLD_ON": _s("classification", "What the baseline test threshold applies to: the classification "
+                               "probability (the FCOS paper) or the combined sqrt(cls x centerness) score "
+                               "(torchvision). The adaptive threshold always applies to the classification "
+                               "probability.", choices=("classification", "combined")),
+            "BACKGROUND_COLUMN": _b(False, "Keep a classification column 0 that is never a class, as torchvision's "
+                                    "FCOS counts a background class."),
         },
         "RPN": {
             "FG_IOU_THRESHOLD": _f(0.7, "Anchors with IoU >= this are foreground (plus low-quality best matches)."),

@@ -36,14 +36,15 @@ class COCODetection(torch.utils.data.Dataset):
     (deterministic and resumable) rather than by worker-process random state.
     """
 
-    def __init__(self, ann_file: str | Path, image_dir: str | Path, *, training: bool, with_masks: bool = False,
+    def __init__(self, ann_file: str | Path, image_dir: str | Path | None, *, training: bool, with_masks: bool = False,
                  name: str | None = None, class_names=None, name_source: str = "the given class names"):
-        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        """``image_dir`` None: the annotations alone (sizes and boxes, for counting π); no image can be read."""
+        self.ann_file, self.image_dir = Path(ann_file), None if image_dir is None else Path(image_dir)
         self.name = name or str(self.ann_file)
         self.training, self.with_masks = training, with_masks
         if not self.ann_file.is_file():
             raise DatasetError(f"{self.ann_file}: annotation file not found")
-        if not self.image_dir.is_dir():
+        if self.image_dir is not None and not self.image_dir.is_dir():
             raise DatasetError(f"{self.image_dir}: image folder not found (annotations {self.ann_file})")
         try:
             self.coco = _quiet_coco(self.ann_file)
@@ -61,7 +62,8 @@ class COCODetection(torch.utils.data.Dataset):
                                f"{orphans[0].get('image_id')!r}, which is not among the images"
                                + (f" ({len(orphans)} annotations do)" if len(orphans) > 1 else ""))
         self._records = [self._record(i) for i in self.image_ids]
-        check_image_files([r["file"] for r in self._records], self.image_dir, listed_in=self.ann_file)
+        if self.image_dir is not None:
+            check_image_files([r["file"] for r in self._records], self.image_dir, listed_in=self.ann_file)
         dropped = sum(r["dropped"] for r in self._records)
         if dropped:
             logger.info("%s: dropped %d degenerate boxes (no area inside the image)", self.name, dropped)
@@ -92,7 +94,10 @@ class COCODetection(torch.utils.data.Dataset):
             boxes.append([x1, y1, x2, y2])
             labels.append(self._label_of[ann["category_id"]])
             anns.append(ann)
-        return {"id": image_id, "file": self.image_dir / info["file_name"], "width": width, "height": height,
+        if "file_name" not in info:
+            raise DatasetError(f"{self.ann_file}: image id {image_id} has no file_name")
+        file = None if self.image_dir is None else self.image_dir / info["file_name"]
+        return {"id": image_id, "file": file, "width": width, "height": height,
                 "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                 "labels": np.asarray(labels, dtype=np.int64), "anns": anns, "dropped": dropped}
 

@@ -24,7 +24,7 @@ from ..config import CfgNode, save_config, with_values
 from ..data.build import batches, build_datasets, build_train_loader
 from ..mechanism import class_priors_from_counts
 from ..modeling import build_model
-from ..prior import config_prior, estimate_prior, write_json_atomic
+from ..prior import config_prior, estimate_prior, setting_from_config, write_json_atomic
 from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from .evaluator import evaluate_checkpoint_model, load_detector_weights
 from .runtime import MetricsWriter, ensure_writable, resolve_device, setup_logging
@@ -43,7 +43,8 @@ def default_output_dir(cfg: CfgNode, config_file: str | None) -> Path:
 
 
 def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
-    """Model with π recorded (and the bias set from it when enabled); writes ``prior.json``."""
+    """Model with π recorded (and the bias set from it when enabled); writes ``prior.json``: the counts behind π
+    and what the model reports doing with it."""
     first = datasets[0]
     num_classes = cfg.MODEL.NUM_CLASSES or first.num_classes
     if num_classes < first.num_classes:
@@ -52,19 +53,25 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
     if cfg.MODEL.SAMPLING_FREE.PRIOR is not None:
         prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR, model.prior_counter().num_classes)
     else:
-        prior = estimate_prior(model, datasets, cfg, class_names=first.class_names)
+        prior = estimate_prior(model, datasets, setting_from_config(cfg), class_names=first.class_names)
     per_class = None
     if model.switches.per_class_prior and "foreground_per_class" in prior:
         per_class = class_priors_from_counts(list(prior["foreground_per_class"].values()), prior["num_background"])
-        prior = {**prior, "class_priors": dict(zip(prior["foreground_per_class"], per_class))}
     model.set_prior(prior["prior"], per_class=per_class)
+    record = {**prior, **model.describe_prior()}
     if out_dir is not None and dist.is_main():
-        write_json_atomic(out_dir / "prior.json", prior)
-    sampled = "" if prior.get("prior_standard_error") is None else \
-        f" ± {prior['prior_standard_error']:.2g} ({prior['images']} of {prior['images_in_dataset']} images)"
-    logger.info("prior π=%.3g%s (bias %.3f, adaptive threshold %.3g) from %s", prior["prior"], sampled, prior["bias"],
-                prior["score_threshold"], prior["source"])
-    return model, prior
+        write_json_atomic(out_dir / "prior.json", record)
+    sampled = "" if record.get("prior_standard_error") is None else \
+        f" ± {record['prior_standard_error']:.2g} ({record['images']} of {record['images_in_dataset']} images)"
+    logger.info("prior π=%.3g%s from %s; the model: %s", record["prior"], sampled, record["source"],
+                ", ".join(f"{k} {_short(v)}" for k, v in model.describe_prior().items() if k != "prior"))
+    return model, record
+
+
+def _short(value):
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+    return f"{value:.3g}" if isinstance(value, float) else value
 
 
 def _check_amp(cfg: CfgNode, device: torch.device):

@@ -118,12 +118,14 @@ def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int,
     in_channels = [stages[level][1] for level in levels]
     if top_block == "p6p7":
         extra = LastLevelP6P7(stages[5][1], out_channels)
+    elif top_block == "p6p7_from_p5":
+        extra = LastLevelP6P7(out_channels, out_channels)
     elif top_block == "maxpool":
         extra = LastLevelMaxPool()
     else:
         raise ValueError(f"unknown MODEL.FPN.TOP_BLOCK {top_block!r}")
     backbone = BackboneWithFPN(trunk, return_layers, in_channels, out_channels, extra_blocks=extra)
-    top = 7 if top_block == "p6p7" else 6
+    top = 7 if top_block.startswith("p6p7") else 6
     backbone.level_strides = [2**level for level in range(min_level, top + 1)]
     return backbone
 

@@ -10,8 +10,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..distributed import mean_over_ranks
-from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, adaptive_score_threshold, guided_loss_scaling, \
-    optimal_bias
+from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, guided_loss_scaling
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -149,39 +148,3 @@ def inside_image(anchors: torch.Tensor, image_size, straddle_thresh: float) -> t
     h, w = image_size
     t = straddle_thresh
     return (anchors[:, 0] >= -t) & (anchors[:, 1] >= -t) & (anchors[:, 2] < w + t) & (anchors[:, 3] < h + t)
-
-
-class OneStagePrior:
-    """π bookkeeping of the one-stage detectors (RetinaNet, FCOS), whose classifier is head.classification_head.
-    ``self.class_prior`` is a per-class ``PriorBuffer`` with ``per_class_prior`` on, else None."""
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.classification_head.num_classes
-
-    @property
-    def classification_bias(self) -> torch.Tensor:
-        return self.head.classification_head.cls_logits.bias
-
-    def set_classification_prior(self, prior) -> None:
-        """The bias of every class column at ``optimal_bias(π)``; ``prior``: one π, or one per class (the head's
-        channels are anchor-major, class-minor)."""
-        priors = torch.as_tensor(prior, dtype=torch.float64).expand(self.num_classes)
-        bias = torch.tensor([optimal_bias(float(p)) for p in priors], dtype=self.classification_bias.dtype)
-        with torch.no_grad():
-            self.classification_bias.copy_(bias.repeat(self.classification_bias.numel() // self.num_classes))
-
-    def set_prior(self, prior: float, per_class=None) -> None:
-        """Record the dataset prior π (and, with ``per_class_prior``, the π_c of every class); with ``bias_init`` on,
-        also start the classification bias there."""
-        self.prior.set(prior)
-        if self.class_prior is not None:
-            self.class_prior.set(prior if per_class is None else per_class)
-        if self.switches.bias_init:
-            self.set_classification_prior(self.class_prior.get() if self.class_prior is not None else prior)
-
-    def score_thresholds(self):
-        """The adaptive test threshold π · C, or with ``per_class_prior`` one per class, C · π_c (a tensor)."""
-        if self.class_prior is None:
-            return adaptive_score_threshold(self.prior.get(), self.num_classes)
-        return (self.class_prior.get() * self.num_classes).clamp(max=1.0)

@@ -14,22 +14,28 @@ to remove; its heuristic is the focal loss. Sampling-free FCOS:
   ranked by sqrt(classification x centerness) either way, so the centerness branch re-orders detections but never
   decides which pass the prior's threshold (the original author's FCOS issue #1).
 
-Losses are normalised as torchvision's FCOS: each summed and divided by max(1, #foreground locations).
+Losses are normalised as torchvision's FCOS: each summed and divided by max(1, #foreground locations) (averaged over
+processes). ``from_torchvision`` converts a stock torchvision ``FCOS`` on its own modules: column = label (its
+column 0 is background), torchvision's loss names, and -- with the adaptive threshold off -- its threshold on the
+combined score, so that with every switch off it is the stock model.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOS, FCOSHead
-from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import average_count
 from .backbone import backbone_from_config
+from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, guided, \
+    loss_weights, resolve_switches, weigh
+from .one_stage import OneStagePrior, select_detections
 from .prior_rules import FCOSPriorCounter
-from .common import OneStagePrior, PriorBuffer, Switches, build_anchor_generator, build_transform, \
-    frozen_ratio, guided, loss_weights, resolve_switches, weigh
+
+# loss names: ours, and torchvision's (a converted model keeps its contract)
+LOSS_NAMES = {"original": ("loss_fcos_cls", "loss_fcos_giou", "loss_fcos_centerness"),
+              "torchvision": ("classification", "bbox_regression", "bbox_ctrness")}
 
 
 def fcos_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[int], radius: float) -> torch.Tensor:
@@ -59,23 +65,29 @@ def fcos_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[
 
 
 class SamplingFreeFCOS(OneStagePrior, FCOS):
-    """torchvision ``FCOS`` with the loss, bias and threshold above; labels are 1..C like the datasets."""
+    """torchvision ``FCOS`` from its parts, with the loss, bias and threshold above. ``label_offset``: 1 when column
+    k is class k + 1 (our configs), 0 when column k is label k (torchvision's). ``threshold_on``: what the baseline
+    threshold applies to, the "classification" probability (the FCOS paper, our configs) or the "combined"
+    sqrt(classification x centerness) (torchvision); the adaptive threshold always applies to the classification
+    probability."""
 
-    def __init__(self, backbone, *, num_classes: int, switches: Switches, cfg_fcos, anchor_generator, transform,
-                 detections_per_img: int):
-        c = cfg_fcos
-        head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=c.NUM_CONVS)
-        super().__init__(backbone, num_classes, anchor_generator=anchor_generator, head=head,
-                         center_sampling_radius=c.CENTER_SAMPLING_RADIUS, nms_thresh=c.NMS_THRESH,
-                         detections_per_img=detections_per_img, topk_candidates=c.TOPK_CANDIDATES)
-        self.transform, self.switches, self.prior = transform, switches, PriorBuffer()
-        self.class_prior = PriorBuffer(num_classes) if switches.per_class_prior else None
-        self.focal_alpha, self.focal_gamma = c.FOCAL_LOSS_ALPHA, c.FOCAL_LOSS_GAMMA
-        self.baseline_score_thresh, self.guided_target = c.SCORE_THRESH, c.GUIDED_TARGET
+    def __init__(self, backbone, *, head: FCOSHead, anchor_generator, transform, switches: Switches,
+                 label_offset: int = 1, center_sampling_radius: float = 1.5, score_thresh: float = 0.05,
+                 nms_thresh: float = 0.6, detections_per_img: int = 100, topk_candidates: int = 1000,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, guided_target: str = "giou",
+                 threshold_on: str = "classification", loss_style: str = "original"):
+        super().__init__(backbone, head.classification_head.num_classes, anchor_generator=anchor_generator,
+                         head=head, center_sampling_radius=center_sampling_radius, score_thresh=score_thresh,
+                         nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+                         topk_candidates=topk_candidates)
+        self.transform, self.switches, self.label_offset = transform, switches, label_offset
+        self.prior = PriorBuffer()
+        self.class_prior = PriorBuffer(self.num_classes) if switches.per_class_prior else None
+        self.focal_alpha, self.focal_gamma, self.guided_target = focal_alpha, focal_gamma, guided_target
+        self.threshold_on, self.loss_names = threshold_on, LOSS_NAMES[loss_style]
         self.last_stats: dict[str, float] = {}
         self.frozen_ratio = frozen_ratio(switches)
-        self.loss_weights = loss_weights(switches, ["loss_fcos_cls", "loss_fcos_giou", "loss_fcos_centerness"])
-        self.set_classification_prior(c.PRIOR_PROB)
+        self.loss_weights = loss_weights(switches, self.loss_names)
 
     @property
     def training_stats(self) -> dict[str, float]:
@@ -85,11 +97,12 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         return FCOSPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
                                 num_classes=self.num_classes, radius=self.center_sampling_radius, assign=fcos_assign)
 
-    def test_score_thresh(self):
-        """A float, or a tensor of one per class with ``per_class_prior``."""
+    def test_thresholds(self) -> tuple:
+        """(score threshold, NMS IoU): the threshold a float, or a tensor of one per class with
+        ``per_class_prior``."""
         if self.switches.adaptive_threshold:
-            return self.score_thresholds()
-        return self.baseline_score_thresh
+            return self.adaptive_thresholds(), self.nms_thresh
+        return self.score_thresh, self.nms_thresh
 
     def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
         cls_logits, deltas, ctrness = (head_outputs[k] for k in ("cls_logits", "bbox_regression", "bbox_ctrness"))
@@ -101,7 +114,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         gt_boxes = torch.zeros_like(deltas)
         for i, t in enumerate(targets):
             k = fg[i].nonzero().squeeze(1)
-            cls_targets[i, k, t["labels"][matched[i, k]] - 1] = 1.0
+            cls_targets[i, k, t["labels"][matched[i, k]] - self.label_offset] = 1.0
             gt_boxes[i, k] = t["boxes"][matched[i, k]]
         if self.switches.no_heuristic:
             loss_cls = F.binary_cross_entropy_with_logits(cls_logits, cls_targets, reduction="sum") / num_fg
@@ -123,41 +136,48 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
             reference = loss_giou + loss_ctr if self.guided_target == "giou_centerness" else loss_giou
             loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale,
                               self.frozen_ratio)
-        return weigh(self.loss_weights,
-                     {"loss_fcos_cls": loss_cls, "loss_fcos_giou": loss_giou, "loss_fcos_centerness": loss_ctr})
+        return weigh(self.loss_weights, dict(zip(self.loss_names, (loss_cls, loss_giou, loss_ctr))))
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
-        """Keep (location, class) pairs whose *classification* probability passes the threshold; rank and NMS them
-        by sqrt(classification x centerness)."""
-        thresh = self.test_score_thresh()
+        """Keep (location, class) pairs whose classification probability (or, torchvision's baseline, combined
+        score) passes the threshold; rank and NMS them by sqrt(classification x centerness)."""
+        thresh, nms = self.test_thresholds()
+        on_combined = self.threshold_on == "combined" and not self.switches.adaptive_threshold
         detections = []
         for index, image_shape in enumerate(image_shapes):
-            boxes_all, scores_all, labels_all = [], [], []
-            levels = zip(head_outputs["bbox_regression"], head_outputs["cls_logits"], head_outputs["bbox_ctrness"],
-                         anchors[index])
-            for deltas, logits, ctr, level_anchors in levels:
-                deltas, logits, ctr = deltas[index], logits[index], ctr[index]
-                probs = torch.sigmoid(logits)
-                keep = torch.where((probs > (thresh.to(probs) if torch.is_tensor(thresh) else thresh)).flatten())[0]
-                scores = torch.sqrt(probs * torch.sigmoid(ctr)).flatten()[keep]
-                top = det_utils._topk_min(keep, self.topk_candidates, 0)
-                scores, order = scores.topk(top)
-                keep = keep[order]
-                where, labels = keep // logits.shape[-1], keep % logits.shape[-1]
-                boxes = self.box_coder.decode(deltas[where], level_anchors[where])
-                boxes_all.append(box_ops.clip_boxes_to_image(boxes, image_shape))
-                scores_all.append(scores)
-                labels_all.append(labels + 1)
-            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
-            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+            levels = []
+            for deltas, logits, ctr, level_anchors in zip(head_outputs["bbox_regression"], head_outputs["cls_logits"],
+                                                          head_outputs["bbox_ctrness"], anchors[index]):
+                probs = torch.sigmoid(logits[index])
+                combined = torch.sqrt(probs * torch.sigmoid(ctr[index]))
+                levels.append((deltas[index], combined if on_combined else probs, combined, level_anchors))
+            detections.append(select_detections(
+                levels, thresh=self.column_thresholds(thresh, levels[0][1]), topk=self.topk_candidates,
+                nms_thresh=nms, detections_per_img=self.detections_per_img, decode=self.box_coder.decode,
+                image_shape=image_shape, label_offset=self.label_offset))
         return detections
 
 
 def build_fcos(cfg, num_classes: int) -> SamplingFreeFCOS:
-    m = cfg.MODEL
+    c = cfg.MODEL.FCOS
     backbone = backbone_from_config(cfg)
-    return SamplingFreeFCOS(
-        backbone, num_classes=num_classes, switches=resolve_switches(cfg, default_scale=1.0), cfg_fcos=m.FCOS,
+    label_offset = 0 if c.BACKGROUND_COLUMN else 1
+    model = SamplingFreeFCOS(
+        backbone, head=FCOSHead(backbone.out_channels, 1, num_classes + 1 - label_offset, num_convs=c.NUM_CONVS),
         anchor_generator=build_anchor_generator(cfg, len(backbone.level_strides)), transform=build_transform(cfg),
-        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG)
+        switches=resolve_switches(cfg, default_scale=1.0), label_offset=label_offset,
+        center_sampling_radius=c.CENTER_SAMPLING_RADIUS, score_thresh=c.SCORE_THRESH, nms_thresh=c.NMS_THRESH,
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, topk_candidates=c.TOPK_CANDIDATES,
+        focal_alpha=c.FOCAL_LOSS_ALPHA, focal_gamma=c.FOCAL_LOSS_GAMMA, guided_target=c.GUIDED_TARGET,
+        threshold_on=c.THRESHOLD_ON)
+    model.set_classification_prior(c.PRIOR_PROB)
+    return model
+
+
+def from_torchvision(model: FCOS, switches: Switches) -> SamplingFreeFCOS:
+    """A stock torchvision ``FCOS`` made sampling-free on its own modules and weights (see module doc)."""
+    return SamplingFreeFCOS(
+        model.backbone, head=model.head, anchor_generator=model.anchor_generator, transform=model.transform,
+        switches=switches, label_offset=0, center_sampling_radius=model.center_sampling_radius,
+        score_thresh=model.score_thresh, nms_thresh=model.nms_thresh, detections_per_img=model.detections_per_img,
+        topk_candidates=model.topk_candidates, threshold_on="combined", loss_style="torchvision")

@@ -34,6 +34,7 @@ from ..distributed import average_count
 from ..mechanism import optimal_bias
 from .backbone import backbone_from_config
 from .prior_rules import AnchorPriorCounter
+from .contract import bias_report
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, \
     guided, inside_image, loss_weights, resolve_switches, weigh
 from .roi_align import ParallelMultiScaleRoIAlign
@@ -136,9 +137,18 @@ class SamplingFreeRoIHeads(RoIHeads):
     def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float, **kwargs):
         super().__init__(**kwargs)
         self.switches, self.smooth_l1_beta = switches, smooth_l1_beta
-        self.baseline_score_thresh, self.free_score_thresh = self.score_thresh, free_score_thresh
+        self.free_score_thresh = free_score_thresh
         self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
+
+    @property
+    def score_thresh(self) -> float:
+        """The test score threshold of the current switches (torchvision's ``RoIHeads`` reads it)."""
+        return self.free_score_thresh if self.switches.adaptive_threshold else self.baseline_score_thresh
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        self.baseline_score_thresh = value
 
     def subsample(self, labels):
         if self.switches.no_heuristic:  # every proposal (and GT box) with a label, i.e. all of them
@@ -156,8 +166,6 @@ class SamplingFreeRoIHeads(RoIHeads):
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if not self.training:
-            self.score_thresh = self.free_score_thresh if self.switches.adaptive_threshold else \
-                self.baseline_score_thresh
             return super().forward(features, proposals, image_shapes, targets)
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -208,6 +216,11 @@ class SamplingFreeRCNN(GeneralizedRCNN):
         if self.switches.bias_init:
             with torch.no_grad():
                 self.objectness_bias.fill_(optimal_bias(prior))
+
+    def describe_prior(self) -> dict:
+        return {"prior": self.prior.get(), "num_classes": 1, "objectness_bias": bias_report(self.switches,
+                                                                                          self.prior.get()),
+                "score_threshold": self.roi_heads.score_thresh}
 
     def prior_counter(self) -> AnchorPriorCounter:
         """π of the RPN: its anchors (minus those straddling the border, as in its loss), its matcher, C = 1."""
@@ -267,3 +280,30 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     return SamplingFreeRCNN(backbone, rpn, roi_heads, build_transform(cfg), num_classes=num_classes,
                             switches=switches, loss_names=RPN_LOSSES + ("loss_classifier", "loss_box_reg")
                             + (("loss_mask",) if m.MASK_ON else ()))
+
+
+def from_torchvision(model: GeneralizedRCNN, switches: Switches) -> SamplingFreeRCNN:
+    """A stock torchvision ``FasterRCNN`` / ``MaskRCNN`` made sampling-free on its own modules and weights: its
+    transform, anchors, RoI pooling, thresholds and box coders; torchvision's smooth-L1 β (1/9) in both stages; no
+    anchor dropped for straddling the border (torchvision keeps them). Background is label 0, as ours."""
+    rpn, heads = model.rpn, model.roi_heads
+    new_rpn = SamplingFreeRPN(
+        switches=switches, rpn_scale=1.0, straddle_thresh=-1, smooth_l1_beta=1.0 / 9,
+        anchor_generator=rpn.anchor_generator, head=rpn.head, fg_iou_thresh=rpn.proposal_matcher.high_threshold,
+        bg_iou_thresh=rpn.proposal_matcher.low_threshold, batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=rpn.fg_bg_sampler.positive_fraction, pre_nms_top_n=dict(rpn._pre_nms_top_n),
+        post_nms_top_n=dict(rpn._post_nms_top_n), nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh)
+    masks = {name: getattr(heads, name) for name in ("mask_roi_pool", "mask_head", "mask_predictor")}
+    new_heads = SamplingFreeRoIHeads(
+        switches=switches, smooth_l1_beta=1.0 / 9, free_score_thresh=1e-4, box_roi_pool=heads.box_roi_pool,
+        box_head=heads.box_head, box_predictor=heads.box_predictor,
+        fg_iou_thresh=heads.proposal_matcher.high_threshold, bg_iou_thresh=heads.proposal_matcher.low_threshold,
+        batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=heads.fg_bg_sampler.positive_fraction, bbox_reg_weights=heads.box_coder.weights,
+        score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img,
+        **masks)
+    has_mask = masks["mask_predictor"] is not None
+    return SamplingFreeRCNN(model.backbone, new_rpn, new_heads, model.transform,
+                            num_classes=heads.box_predictor.cls_score.out_features - 1, switches=switches,
+                            loss_names=RPN_LOSSES + ("loss_classifier", "loss_box_reg")
+                            + (("loss_mask",) if has_mask else ()))
