@@ -123,8 +123,9 @@ class Detector:
                                         "with)")
         cfg = _as_config(config)
         device = resolve_device(str(device))
-        model = model_from_checkpoint(_without_imagenet_weights(cfg), path, device)
-        return cls(model, cfg=cfg, class_names=load_checkpoint(path).get("class_names"), device=device)
+        state = load_checkpoint(path)
+        model = model_from_checkpoint(_without_imagenet_weights(cfg), path, device, state=state)
+        return cls(model, cfg=cfg, class_names=state.get("class_names"), device=device)
 
     @classmethod
     def from_config(cls, config: str | Path | CfgNode, *, num_classes: int, weights: str | Path | None = None,
@@ -146,7 +147,7 @@ class Detector:
         state = load_checkpoint(weights)
         if state.get("num_classes") not in (None, num_classes):
             raise ValueError(f"{weights}: the checkpoint has {state['num_classes']} classes, not {num_classes}")
-        model = model_from_checkpoint(_without_imagenet_weights(cfg), weights, device)
+        model = model_from_checkpoint(_without_imagenet_weights(cfg), weights, device, state=state)
         return cls(model, cfg=cfg, class_names=class_names or state.get("class_names"), device=device)
 
     @torch.no_grad()

@@ -136,7 +136,7 @@ def cmd_demo(args) -> int:
 def cmd_predict(args) -> int:
     from .engine.runtime import setup_logging
     from .predict import predict_to_coco
-    from .prior import write_json_atomic
+    from .files import write_json_atomic
 
     setup_logging()
     detector = _detector(args, args.device)

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.transforms.functional import resize
 
-from .modeling.cascade import CascadeRoIHeads
+from .modeling.roi_align import with_torchvision_roi_align
 
 logger = logging.getLogger("sampling_free")
 
@@ -44,7 +43,7 @@ WEAK_SCORE = 0.05
 
 
 def has_masks(model: nn.Module) -> bool:
-    return getattr(getattr(model, "roi_heads", None), "mask_predictor", None) is not None
+    return bool(getattr(model, "has_masks", False))
 
 
 class ExportWrapper(nn.Module):
@@ -62,18 +61,8 @@ class ExportWrapper(nn.Module):
 
 
 def exportable_copy(model: nn.Module) -> nn.Module:
-    """An eval copy on the CPU whose RoIAlign is torchvision's ``MultiScaleRoIAlign``. Our subclass (a faster CPU
-    backward) sizes its output with ``len(rois)``, which a trace freezes at the example's proposal count;
-    torchvision's has a tracing path, and at inference both compute the same numbers."""
-    model = copy.deepcopy(model).eval().cpu()
-    heads = getattr(model, "roi_heads", None)
-    for name in ("box_roi_pool", "mask_roi_pool"):
-        pool = getattr(heads, name, None)
-        if isinstance(pool, MultiScaleRoIAlign) and type(pool) is not MultiScaleRoIAlign:
-            setattr(heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
-                                                    canonical_scale=pool.canonical_scale,
-                                                    canonical_level=pool.canonical_level))
-    return model
+    """An eval copy on the CPU whose RoIAlign is torchvision's ``MultiScaleRoIAlign`` (traceable)."""
+    return with_torchvision_roi_align(copy.deepcopy(model).eval().cpu())
 
 
 def resize_for_export(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -98,10 +87,8 @@ def export(model: nn.Module, *, fmt: str, out: str | Path, example: torch.Tensor
     wrapper = ExportWrapper(exportable_copy(model))
     info = {"format": fmt, "method": "trace", "image_size": list(example.shape[-2:]),
             "outputs": wrapper.output_names, "class_names": list(class_names), "detector": type(model).__name__}
-    if isinstance(getattr(model, "roi_heads", None), CascadeRoIHeads):
-        info["caveat"] = ("Cascade R-CNN's inference sizes tensors with len() of the RPN's proposals, which the trace "
-                          "freezes: the export is only valid while the RPN returns MODEL.RPN.POST_NMS_TOP_N_TEST "
-                          "proposals (true for most real images, not for small or blank ones)")
+    if getattr(model, "export_caveat", None):
+        info["caveat"] = model.export_caveat
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if fmt == "torchscript":

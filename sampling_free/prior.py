@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .distributed import gather_objects, is_main, rank, world_size
+from .files import write_json_atomic
 from .mechanism import prior_from_counts
 
 logger = logging.getLogger(__name__)
@@ -270,13 +271,5 @@ def jackknife_standard_error(folds: list[dict], num_classes: int, *, sampled_fra
     return float(math.sqrt(variance * (1.0 - sampled_fraction)))
 
 
-def config_prior(value: float, num_classes: int) -> dict:
-    return {"prior": value, "num_classes": num_classes, "source": "config MODEL.SAMPLING_FREE.PRIOR"}
-
-
-def write_json_atomic(path: Path, data: dict | list) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def config_prior(value: float) -> dict:
+    return {"prior": value, "source": "config MODEL.SAMPLING_FREE.PRIOR"}

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
+from ..files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 VERSION = 2
 CLASSES = ("circle", "rectangle", "triangle", "star", "ring", "cross")
@@ -224,10 +226,8 @@ def write_split(out_dir: str | Path, split: str, num_images: int, *, seed: int =
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
     info = {"description": f"sampling-free built-in {profile} dataset v{VERSION}", "seed": seed, "version": VERSION}
     path = out_dir / "annotations" / f"instances_{split}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"info": info, "images": images, "annotations": annotations,
-                               "categories": categories}))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"info": info, "images": images, "annotations": annotations,
+                                        "categories": categories}))
     return path
 
 
@@ -274,9 +274,7 @@ def write_split_voc(out_dir: str | Path, split: str, num_images: int, *, seed: i
                                                          encoding="utf-8", xml_declaration=False)
         ids.append(file_id)
     path = out_dir / "ImageSets" / "Main" / f"{split}.txt"
-    tmp = path.with_suffix(".txt.tmp")
-    tmp.write_text("".join(f"{i}\n" for i in ids))
-    os.replace(tmp, path)  # last, so a split list always names files that exist
+    write_text_atomic(path, "".join(f"{i}\n" for i in ids))  # last, so a split list only names files that exist
     return path
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_text_atomic
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -68,9 +70,7 @@ class MetricsWriter:
         if self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("iteration", 0) <= start_iter]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = open(self.path, "a")
         if tensorboard:
             try:

@@ -24,7 +24,8 @@ from ..config import CfgNode, save_config, with_values
 from ..data.build import batches, build_datasets, build_train_loader
 from ..mechanism import class_priors_from_counts
 from ..modeling import build_model
-from ..prior import config_prior, estimate_prior, setting_from_config, write_json_atomic
+from ..files import write_json_atomic
+from ..prior import config_prior, estimate_prior, setting_from_config
 from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from .evaluator import evaluate_checkpoint_model, load_detector_weights
 from .runtime import MetricsWriter, ensure_writable, resolve_device, setup_logging
@@ -51,7 +52,7 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
         raise ValueError(f"MODEL.NUM_CLASSES={num_classes} but {first.name} has {first.num_classes} classes")
     model = build_model(cfg, num_classes)
     if cfg.MODEL.SAMPLING_FREE.PRIOR is not None:
-        prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR, model.prior_counter().num_classes)
+        prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR)
     else:
         prior = estimate_prior(model, datasets, setting_from_config(cfg), class_names=first.class_names)
     per_class = None

@@ -15,6 +15,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from ..files import load_weights_file
+
 logger = logging.getLogger(__name__)
 
 ENV_WEIGHTS = "SAMPLING_FREE_WEIGHTS"
@@ -42,10 +44,7 @@ def _offline_weight_dirs() -> list[Path]:
 def load_state_dict_file(path: str | Path) -> dict:
     """A state dict from disk, never executing pickled code (``weights_only=True``)."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a weights file we accept"
-        raise ValueError(f"{path}: not a loadable weights file ({type(exc).__name__}: {exc})") from None
+    state = load_weights_file(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):

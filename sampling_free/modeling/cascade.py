@@ -19,11 +19,11 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import boxes as box_ops
 
 from .common import Switches, build_transform, frozen_ratio, resolve_switches
-from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, rcnn_box_loss
+from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_loss, rcnn_box_loss
 from .roi_align import ParallelMultiScaleRoIAlign
 
 
@@ -60,6 +60,10 @@ class CascadeRoIHeads(nn.Module):
         self.frozen_ratios = nn.ModuleList([frozen_ratio(switches) for _ in stages]) \
             if switches.guided_warmup_iters > 0 else None
         self.last_stats: dict[str, float] = {}
+
+    export_caveat = ("Cascade R-CNN's inference sizes tensors with len() of the RPN's proposals, which the trace "
+                     "freezes: the export is only valid while the RPN returns MODEL.RPN.POST_NMS_TOP_N_TEST "
+                     "proposals (true for most real images, not for small or blank ones)")
 
     @property
     def score_thresh(self) -> float:
@@ -115,16 +119,8 @@ class CascadeRoIHeads(nn.Module):
             if k + 1 < len(self.stages):
                 boxes = self.refine(stage, deltas, boxes, image_shapes)
         if self.mask_head is not None:
-            positive = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [b[p] for b, p in zip(boxes, positive)]
-            if sum(len(b) for b in mask_boxes) == 0:
-                losses["loss_mask"] = sum(p.sum() for p in self.mask_predictor.parameters()) * 0.0
-            else:
-                logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes)))
-                losses["loss_mask"] = maskrcnn_loss(logits, mask_boxes, [t["masks"] for t in targets],
-                                                    [t["labels"] for t in targets],
-                                                    [m[p] for m, p in zip(matched, positive)])
-            stats["mask_rois"] = float(sum(len(b) for b in mask_boxes))
+            losses["loss_mask"], stats["mask_rois"] = mask_loss(self, features, boxes, labels, matched, image_shapes,
+                                                                targets)
         self.last_stats = stats
         return losses
 

@@ -133,6 +133,21 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     return loss_cls, loss_reg, stats
 
 
+def mask_loss(heads, features, boxes, labels, matched, image_shapes, targets) -> tuple[torch.Tensor, float]:
+    """Mask R-CNN's loss on every positive RoI (``labels`` > 0; the baseline's sampler has already cut them to its
+    sample), and their number. ``heads`` holds ``mask_roi_pool``, ``mask_head`` and ``mask_predictor``. Averaged
+    over this process's RoIs (torchvision's ``maskrcnn_loss``), not over all processes."""
+    positive = [torch.where(label > 0)[0] for label in labels]
+    mask_boxes = [b[k] for b, k in zip(boxes, positive)]
+    count = sum(len(b) for b in mask_boxes)
+    if count == 0:  # zero, connected to the mask branch (DistributedDataParallel needs every gradient)
+        return sum(p.sum() for p in heads.mask_predictor.parameters()) * 0.0, 0.0
+    logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, mask_boxes, image_shapes)))
+    loss = maskrcnn_loss(logits, mask_boxes, [t["masks"] for t in targets], [t["labels"] for t in targets],
+                         [m[k] for m, k in zip(matched, positive)])
+    return loss, float(count)
+
+
 class SamplingFreeRoIHeads(RoIHeads):
     def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float, **kwargs):
         super().__init__(**kwargs)
@@ -173,17 +188,8 @@ class SamplingFreeRoIHeads(RoIHeads):
         loss_cls, loss_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
         losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_reg}
         if self.has_mask():
-            positive = [torch.where(label > 0)[0] for label in labels]
-            mask_proposals = [p[k] for p, k in zip(proposals, positive)]
-            if sum(len(p) for p in mask_proposals) == 0:
-                losses["loss_mask"] = sum(p.sum() for p in self.mask_predictor.parameters()) * 0.0
-            else:
-                mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals,
-                                                                                    image_shapes)))
-                losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
-                                                    [t["labels"] for t in targets],
-                                                    [m[k] for m, k in zip(matched_idxs, positive)])
-            self.last_stats["mask_rois"] = float(sum(len(p) for p in mask_proposals))
+            losses["loss_mask"], self.last_stats["mask_rois"] = mask_loss(
+                self, features, proposals, labels, matched_idxs, image_shapes, targets)
         return [], losses
 
 
@@ -231,6 +237,15 @@ class SamplingFreeRCNN(GeneralizedRCNN):
     @property
     def training_stats(self) -> dict[str, float]:
         return {**self.rpn.last_stats, **self.roi_heads.last_stats}
+
+    @property
+    def has_masks(self) -> bool:
+        return getattr(self.roi_heads, "mask_predictor", None) is not None
+
+    @property
+    def export_caveat(self) -> str | None:
+        """What a traced export of this model cannot do, if anything (export.py records it)."""
+        return getattr(self.roi_heads, "export_caveat", None)
 
 
 def build_backbone_and_rpn(cfg, switches: Switches):

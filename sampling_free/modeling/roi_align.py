@@ -73,3 +73,17 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
             result[index] = roi_align(feature, rois[index], self.output_size, scale, self.sampling_ratio).to(
                 result.dtype)
         return result
+
+
+def with_torchvision_roi_align(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every ``ParallelMultiScaleRoIAlign`` of its RoI heads replaced by torchvision's
+    ``MultiScaleRoIAlign`` (same numbers at inference). Ours sizes its output with ``len(rois)``, which a trace
+    freezes at the example's proposal count; torchvision's has a tracing path."""
+    heads = getattr(model, "roi_heads", None)
+    for name in ("box_roi_pool", "mask_roi_pool"):
+        pool = getattr(heads, name, None)
+        if isinstance(pool, ParallelMultiScaleRoIAlign):
+            setattr(heads, name, MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
+                                                    canonical_scale=pool.canonical_scale,
+                                                    canonical_level=pool.canonical_level))
+    return model
