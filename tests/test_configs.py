@@ -25,3 +25,18 @@ def test_config_builds(path):
     cfg = load_config(path, values={"MODEL.BACKBONE.WEIGHTS": ""})
     model = build_model(cfg, 5)
     assert sum(p.numel() for p in model.parameters()) > 1e5
+
+
+@pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn", "cascade_rcnn"])
+def test_every_family_keeps_the_one_detector_contract(name):
+    """What the trainer, prior.json, the API and export use: modeling/contract.py's SamplingFreeDetector."""
+    from sampling_free.modeling.contract import SamplingFreeDetector
+
+    cfg = load_config(REPO / "configs" / "quickstart" / f"{name}_mobilenet_v2_shapes.yaml",
+                      values={"MODEL.BACKBONE.WEIGHTS": ""})
+    model = build_model(cfg, 6)
+    assert isinstance(model, SamplingFreeDetector)
+    model.set_prior(1e-3)
+    report = model.describe_prior()
+    assert report["prior"] == 1e-3 and report["score_threshold"] == pytest.approx(1e-4 if "rcnn" in name else 6e-3)
+    assert model.prior_counter().num_classes == (1 if "rcnn" in name else 6)
