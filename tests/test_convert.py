@@ -46,11 +46,17 @@ EQUIVALENT = {
 }
 BUILDERS = {"retinanet": detection.retinanet_resnet50_fpn, "fcos": detection.fcos_resnet50_fpn,
             "faster_rcnn": detection.fasterrcnn_resnet50_fpn}
+# every other builder convert() names: it must be the stock model with the switches off
+MORE_BUILDERS = {"retinanet_v2": detection.retinanet_resnet50_fpn_v2, "faster_rcnn_v2": detection.fasterrcnn_resnet50_fpn_v2,
+                 "faster_rcnn_mobilenet": detection.fasterrcnn_mobilenet_v3_large_fpn,
+                 "faster_rcnn_mobilenet_320": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
+                 "mask_rcnn": detection.maskrcnn_resnet50_fpn, "mask_rcnn_v2": detection.maskrcnn_resnet50_fpn_v2}
 
 
 def stock(name, **kwargs):
     torch.manual_seed(0)
-    return BUILDERS[name](weights=None, weights_backbone=None, num_classes=4, **SIZE, **kwargs)
+    builder = {**BUILDERS, **MORE_BUILDERS}[name]
+    return builder(weights=None, weights_backbone=None, num_classes=4, **SIZE, **kwargs)
 
 
 def batch():
@@ -59,6 +65,10 @@ def batch():
     targets = [{"boxes": torch.tensor([[10.0, 20, 60, 90], [70, 10, 150, 60], [100, 70, 120, 100]]),
                 "labels": torch.tensor([1, 3, 2])},
                {"boxes": torch.tensor([[30.0, 30, 110, 120]]), "labels": torch.tensor([2])}]
+    for t in targets:  # box-shaped masks, for Mask R-CNN
+        t["masks"] = torch.zeros(len(t["boxes"]), 128, 160, dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(t["boxes"].int().tolist()):
+            t["masks"][k, y1:y2, x1:x2] = 1
     return images, targets
 
 
@@ -78,7 +88,7 @@ def assert_same_detections(a, b, label_shift=0):
         assert torch.equal(x["labels"], y["labels"] + label_shift)
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("name", [*BUILDERS, *MORE_BUILDERS])
 def test_with_every_switch_off_it_is_the_stock_model(name):
     model = stock(name)
     converted = sampling_free.convert(stock(name), **OFF)
@@ -86,7 +96,7 @@ def test_with_every_switch_off_it_is_the_stock_model(name):
     assert list(got) == list(want)  # torchvision's loss names
     for key in want:
         assert got[key].item() == pytest.approx(want[key].item(), rel=1e-5), key
-    if name != "faster_rcnn":  # untrained one-stage scores are ~0.01, under 0.05 / 0.2: compare below
+    if name.startswith(("retinanet", "fcos")):  # untrained scores are ~0.01, under 0.05 / 0.2: compare below
         model.score_thresh = converted.score_thresh = 0.001
     assert_same_detections(run(converted, False), run(model, False))
 
