@@ -164,3 +164,17 @@ def test_box_predictors_start_as_the_originals(arch):
             assert float(p.cls_score.bias.abs().max()) == 0 and float(p.bbox_pred.bias.abs().max()) == 0
             assert float(p.cls_score.weight.std()) == pytest.approx(0.01, rel=0.05)
             assert float(p.bbox_pred.weight.std()) == pytest.approx(0.001, rel=0.1)
+
+
+def test_each_stage_can_be_switched_on_its_own():
+    """Heuristic RPN under sampling-free RoI heads, and the reverse (MODEL.SAMPLING_FREE.RPN / ROI_HEADS)."""
+    images, targets = batch()
+    for rpn_on, roi_on in ((False, True), (True, False)):
+        model = model_for(True, **{"MODEL.SAMPLING_FREE.RPN": rpn_on, "MODEL.SAMPLING_FREE.ROI_HEADS": roi_on})
+        model(images, targets)
+        valid, _ = valid_rpn_anchors(model, targets)
+        assert model.rpn.last_stats["rpn_samples"] == (valid if rpn_on else 2 * 256)
+        assert (model.roi_heads.last_stats["roi_samples"] == 2 * 512) == (not roi_on)  # sampled: 512 per image
+        bias = float(model.objectness_bias.detach().mean())
+        assert bias == pytest.approx(math.log(1e-3 / (1 - 1e-3)) if rpn_on else 0.0, abs=1e-6)
+        assert model.roi_heads.score_thresh == (1e-4 if roi_on else 0.05)

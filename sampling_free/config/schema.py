@@ -80,6 +80,11 @@ SCHEMA: dict = {
             "GUIDED_WARMUP_ITERS": _i(0, "Guided scaling as the original's journal code: the ratio L_reg / L_cls is "
                                       "taken every step for this many steps, then frozen at its mean over the "
                                       "second half of them (and over processes). 0: every step (the paper)."),
+            "RPN": _b(None, "R-CNNs: SAMPLING_FREE_ON for the RPN alone (every component key still applies). null: "
+                      "follow SAMPLING_FREE_ON. With ROI_HEADS, trains a heuristic RPN under sampling-free RoI heads, "
+                      "or the reverse.", nullable=True),
+            "ROI_HEADS": _b(None, "R-CNNs: SAMPLING_FREE_ON for the RoI heads alone. null: follow SAMPLING_FREE_ON.",
+                            nullable=True),
             "PER_CLASS_PRIOR": _b(False, "One-stage detectors: a prior per class, pi_c = N_fg,c / (N_fg + N_bg), for "
                                   "each class's bias and test threshold (C * pi_c), instead of one pi shared by all "
                                   "classes. Beyond the paper: for long-tailed data."),

@@ -22,8 +22,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import boxes as box_ops
 
-from .common import Switches, build_transform, frozen_ratio, resolve_switches
-from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_loss, rcnn_box_loss
+from .common import Switches, build_transform, frozen_ratio
+from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_loss, rcnn_box_loss, \
+    stage_switches
 from .roi_align import ParallelMultiScaleRoIAlign
 
 
@@ -156,8 +157,8 @@ class CascadeRoIHeads(nn.Module):
 def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     """Backbone and RPN as Faster R-CNN's; the cascade instead of the single box head."""
     m = cfg.MODEL
-    switches = resolve_switches(cfg, default_scale=2.0)
-    backbone, rpn, names = build_backbone_and_rpn(cfg, switches)
+    rpn_switches, switches = stage_switches(cfg)
+    backbone, rpn, names = build_backbone_and_rpn(cfg, rpn_switches)
     b, c, h = m.ROI_BOX_HEAD, m.CASCADE, m.ROI_HEADS
     if not len(c.IOUS) == len(c.BBOX_REG_WEIGHTS) == len(c.STAGE_LOSS_WEIGHTS):
         raise ValueError("MODEL.CASCADE.IOUS, BBOX_REG_WEIGHTS and STAGE_LOSS_WEIGHTS need one entry per stage")

@@ -80,9 +80,11 @@ class Switches:
         return self.no_heuristic or self.bias_init or self.guided_loss or self.adaptive_threshold
 
 
-def resolve_switches(cfg, *, default_scale: float) -> Switches:
+def resolve_switches(cfg, *, default_scale: float, stage_on: bool | None = None) -> Switches:
+    """The switches of one detector (or, with ``stage_on``, of one R-CNN stage: ``MODEL.SAMPLING_FREE.RPN`` /
+    ``ROI_HEADS`` set, it replaces ``SAMPLING_FREE_ON`` for that stage)."""
     sf = cfg.MODEL.SAMPLING_FREE
-    on = cfg.MODEL.SAMPLING_FREE_ON
+    on = cfg.MODEL.SAMPLING_FREE_ON if stage_on is None else stage_on
 
     def pick(value):
         return on if value is None else value

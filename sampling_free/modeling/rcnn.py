@@ -194,7 +194,8 @@ class SamplingFreeRoIHeads(RoIHeads):
 
 
 class SamplingFreeRCNN(GeneralizedRCNN):
-    """torchvision's GeneralizedRCNN over the RPN and RoI heads above; labels are 1..C like the datasets."""
+    """torchvision's GeneralizedRCNN over the RPN and RoI heads above; labels are 1..C like the datasets.
+    ``switches`` are the RoI heads'; the RPN has its own (``rpn.switches``, the same unless set per stage)."""
 
     def __init__(self, backbone, rpn: SamplingFreeRPN, roi_heads: SamplingFreeRoIHeads, transform, *,
                  num_classes: int, switches: Switches, loss_names):
@@ -216,16 +217,16 @@ class SamplingFreeRCNN(GeneralizedRCNN):
         return self.rpn.head.cls_logits.bias
 
     def set_prior(self, prior: float, per_class=None) -> None:
-        """Record the RPN's π; with ``bias_init`` on, also start the objectness bias there. (``per_class``: always
-        None, the RPN is class-agnostic.)"""
+        """Record the RPN's π; with the RPN's ``bias_init`` on, also start the objectness bias there.
+        (``per_class``: always None, the RPN is class-agnostic.)"""
         self.prior.set(prior)
-        if self.switches.bias_init:
+        if self.rpn.switches.bias_init:
             with torch.no_grad():
                 self.objectness_bias.fill_(optimal_bias(prior))
 
     def describe_prior(self) -> dict:
-        return {"prior": self.prior.get(), "num_classes": 1, "objectness_bias": bias_report(self.switches,
-                                                                                          self.prior.get()),
+        return {"prior": self.prior.get(), "num_classes": 1,
+                "objectness_bias": bias_report(self.rpn.switches, self.prior.get()),
                 "score_threshold": self.roi_heads.score_thresh}
 
     def prior_counter(self) -> AnchorPriorCounter:
@@ -246,6 +247,15 @@ class SamplingFreeRCNN(GeneralizedRCNN):
     def export_caveat(self) -> str | None:
         """What a traced export of this model cannot do, if anything (export.py records it)."""
         return getattr(self.roi_heads, "export_caveat", None)
+
+
+def stage_switches(cfg) -> tuple[Switches, Switches]:
+    """(RPN switches, RoI-head switches): both follow ``SAMPLING_FREE_ON`` unless ``MODEL.SAMPLING_FREE.RPN`` or
+    ``ROI_HEADS`` sets that stage on its own -- to train a heuristic RPN under sampling-free RoI heads, or the
+    reverse (which half carries a difference)."""
+    sf = cfg.MODEL.SAMPLING_FREE
+    return (resolve_switches(cfg, default_scale=2.0, stage_on=sf.RPN),
+            resolve_switches(cfg, default_scale=2.0, stage_on=sf.ROI_HEADS))
 
 
 def build_backbone_and_rpn(cfg, switches: Switches):
@@ -271,8 +281,8 @@ def build_backbone_and_rpn(cfg, switches: Switches):
 
 def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     m = cfg.MODEL
-    switches = resolve_switches(cfg, default_scale=2.0)
-    backbone, rpn, names = build_backbone_and_rpn(cfg, switches)
+    rpn_switches, switches = stage_switches(cfg)
+    backbone, rpn, names = build_backbone_and_rpn(cfg, rpn_switches)
     h, b = m.ROI_HEADS, m.ROI_BOX_HEAD
     box_pool = ParallelMultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
     mask_kwargs = {}
