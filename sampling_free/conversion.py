@@ -14,18 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from .modeling import fcos, rcnn, retinanet
+from .modeling import fcos, rcnn, retinanet, ssd
 from .modeling.common import Switches
 from .modeling.contract import is_sampling_free
-from .prior import CountingSetting
+from .prior import setting_from_transform
 from .prior import estimate_prior as count_prior
 
 SUPPORTED = ("torchvision.models.detection.RetinaNet (retinanet_resnet50_fpn, _v2)", "FCOS (fcos_resnet50_fpn)",
              "FasterRCNN (fasterrcnn_resnet50_fpn, _v2, fasterrcnn_mobilenet_v3_large_fpn, _320_fpn)",
-             "MaskRCNN (maskrcnn_resnet50_fpn, _v2)")
+             "MaskRCNN (maskrcnn_resnet50_fpn, _v2)", "SSD (ssd300_vgg16, ssdlite320_mobilenet_v3_large)")
 SWITCH_DEFAULTS = {"no_heuristic": True, "bias_init": True, "guided_loss": True, "adaptive_threshold": True,
                    "sync_guided_ratio": False, "guided_warmup_iters": 0, "learned_loss_weights": False}
 
@@ -66,10 +67,7 @@ def estimate_prior(model, annotations, *, hflip_prob: float = 0.5) -> float:
     its transform resizes training images to, both flips weighted by ``hflip_prob``; no image is decoded for
     annotation files."""
     converted = model if is_sampling_free(model) else _from_torchvision(model, Switches(True, True, True, True, 1.0))
-    transform = converted.transform
-    setting = CountingSetting(min_sizes=tuple(transform.min_size), max_size=transform.max_size,
-                              size_divisibility=transform.size_divisible, hflip_prob=hflip_prob,
-                              detector=type(model).__name__)
+    setting = setting_from_transform(converted.transform, hflip_prob=hflip_prob, detector=type(model).__name__)
     return count_prior(converted, [_annotations(annotations)], setting)["prior"]
 
 
@@ -80,6 +78,8 @@ def _from_torchvision(model, switches: Switches):
         return retinanet.from_torchvision(model, switches)
     if isinstance(model, FCOS):
         return fcos.from_torchvision(model, switches)
+    if isinstance(model, SSD):
+        return ssd.from_torchvision(model, switches)
     if isinstance(model, GeneralizedRCNN) and type(model.roi_heads) is RoIHeads and \
             getattr(model.roi_heads, "keypoint_predictor", None) is None:
         return rcnn.from_torchvision(model, switches)

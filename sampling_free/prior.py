@@ -70,7 +70,8 @@ def cache_dir(configured: str = "") -> Path:
 
 
 def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibility: int, hflip_prob: float,
-                  rank: int = 0, world_size: int = 1, chunk: int = 10000, folds=None, workers: int = 0) -> dict:
+                  rank: int = 0, world_size: int = 1, chunk: int = 10000, folds=None, workers: int = 0,
+                  fixed_size: tuple[int, int] | None = None) -> dict:
     """Expected foreground (per class) and background counts over one pass of ``datasets`` (this shard).
 
     Every (image, training size, flip) is a weighted "pass"; passes sharing a padded size go to the counter in
@@ -91,7 +92,8 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
     pending: dict[tuple[int, int], list] = {}
 
     workers = workers or torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers) if workers > 1 and hasattr(counter, "count_many") else None
+    count_many = getattr(counter, "count_many", None)
+    pool = ThreadPoolExecutor(workers) if workers > 1 and count_many is not None else None
     running: deque = deque()
 
     def add(fold, per_class, background):
@@ -100,8 +102,8 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
 
     def count_group(group):
         fold = np.array([g[-1] for g in group])
-        if hasattr(counter, "count_many"):
-            per_class, background = counter.count_many([g[:-1] for g in group])
+        if count_many is not None:
+            per_class, background = count_many([g[:-1] for g in group])
         else:
             per_class, background = np.zeros((len(group), num_classes)), np.zeros(len(group))
             for k, (pad, size, boxes, labels, weight, _) in enumerate(group):
@@ -135,8 +137,8 @@ def count_dataset(datasets, counter, *, min_sizes, max_size: int, size_divisibil
                 images += 1
                 empty += int(len(boxes) == 0)
                 fold = 0 if fold_of is None else fold_of[position]
-                for min_size in min_sizes:
-                    new_h, new_w = resized_size(height, width, min_size, max_size)
+                for min_size in min_sizes:  # (a fixed size, as SSD's, ignores the aspect ratio)
+                    new_h, new_w = fixed_size or resized_size(height, width, min_size, max_size)
                     scaled = boxes * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
                     padded = padded_size(new_h, new_w, size_divisibility)
                     for flip, weight in flips:
@@ -187,12 +189,23 @@ class CountingSetting:
     sample_images: int = 0  # > 0: count a fixed random subset of this many images
     cache_dir: str = ""
     detector: str = ""  # a name for the cache key
+    fixed_size: tuple[int, int] | None = None  # (height, width) every image is resized to (SSD), if any
 
 
-def setting_from_config(cfg) -> CountingSetting:
-    return CountingSetting(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.SIZE_DIVISIBILITY,
-                           cfg.INPUT.HFLIP_PROB, cfg.MODEL.SAMPLING_FREE.PRIOR_IMAGES,
-                           cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR, cfg.MODEL.META_ARCHITECTURE)
+def setting_from_transform(transform, **kwargs) -> CountingSetting:
+    """The resize rule of a detector's own transform (torchvision's ``GeneralizedRCNNTransform`` or ours)."""
+    fixed = getattr(transform, "fixed_size", None)
+    return CountingSetting(min_sizes=tuple(transform.min_size), max_size=transform.max_size,
+                           size_divisibility=transform.size_divisible,
+                           fixed_size=None if fixed is None else (int(fixed[1]), int(fixed[0])), **kwargs)
+
+
+def setting_from_config(cfg, model) -> CountingSetting:
+    """The model's resize rule, with the config's flips, sample and cache."""
+    return setting_from_transform(model.transform, hflip_prob=cfg.INPUT.HFLIP_PROB,
+                                  sample_images=cfg.MODEL.SAMPLING_FREE.PRIOR_IMAGES,
+                                  cache_dir=cfg.MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR,
+                                  detector=cfg.MODEL.META_ARCHITECTURE)
 
 
 def estimate_prior(model, datasets, setting: CountingSetting, *, class_names=None) -> dict:
@@ -207,6 +220,8 @@ def estimate_prior(model, datasets, setting: CountingSetting, *, class_names=Non
         "min_sizes": list(setting.min_sizes), "max_size": setting.max_size,
         "size_divisibility": setting.size_divisibility, "hflip_prob": setting.hflip_prob,
     }
+    if setting.fixed_size is not None:
+        depends_on["fixed_size"] = list(setting.fixed_size)
     total_images = sum(len(d) for d in datasets)
     sample = setting.sample_images
     if 0 < sample < total_images:
@@ -222,7 +237,7 @@ def estimate_prior(model, datasets, setting: CountingSetting, *, class_names=Non
     count = functools.partial(
         count_dataset, datasets, counter, min_sizes=setting.min_sizes, max_size=setting.max_size,
         size_divisibility=setting.size_divisibility, hflip_prob=setting.hflip_prob, rank=rank(),
-        world_size=world_size())
+        world_size=world_size(), fixed_size=setting.fixed_size)
     sampled = "sampled_images" in depends_on
     counts = _sum_over_ranks(count(folds=sample_folds(total_images, sample) if sampled else None))
     standard_error = jackknife_standard_error(counts["per_fold"], counter.num_classes,

@@ -50,13 +50,15 @@ BUILDERS = {"retinanet": detection.retinanet_resnet50_fpn, "fcos": detection.fco
 MORE_BUILDERS = {"retinanet_v2": detection.retinanet_resnet50_fpn_v2, "faster_rcnn_v2": detection.fasterrcnn_resnet50_fpn_v2,
                  "faster_rcnn_mobilenet": detection.fasterrcnn_mobilenet_v3_large_fpn,
                  "faster_rcnn_mobilenet_320": detection.fasterrcnn_mobilenet_v3_large_320_fpn,
-                 "mask_rcnn": detection.maskrcnn_resnet50_fpn, "mask_rcnn_v2": detection.maskrcnn_resnet50_fpn_v2}
+                 "mask_rcnn": detection.maskrcnn_resnet50_fpn, "mask_rcnn_v2": detection.maskrcnn_resnet50_fpn_v2,
+                 "ssdlite": detection.ssdlite320_mobilenet_v3_large, "ssd300": detection.ssd300_vgg16}
 
 
 def stock(name, **kwargs):
     torch.manual_seed(0)
     builder = {**BUILDERS, **MORE_BUILDERS}[name]
-    return builder(weights=None, weights_backbone=None, num_classes=4, **SIZE, **kwargs)
+    size = {} if name.startswith("ssd") else SIZE  # SSDs resize to their own fixed size
+    return builder(weights=None, weights_backbone=None, num_classes=4, **size, **kwargs)
 
 
 def batch():
@@ -172,8 +174,8 @@ def test_estimate_prior_counts_with_the_models_own_pieces(tmp_path):
 
 
 def test_what_convert_refuses():
-    with pytest.raises(TypeError, match="does not know SSD; it converts stock torchvision detectors: .*RetinaNet"):
-        sampling_free.convert(detection.ssd300_vgg16(weights=None, weights_backbone=None, num_classes=3))
+    with pytest.raises(TypeError, match="does not know KeypointRCNN; it converts stock torchvision detectors: .*RetinaNet"):
+        sampling_free.convert(detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2))
     with pytest.raises(TypeError, match=r"unknown switch\(es\) \['focal'\]"):
         sampling_free.convert(stock("retinanet"), prior=1e-3, focal=False)
     with pytest.raises(ValueError, match="give annotations= .* or prior="):

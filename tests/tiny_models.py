@@ -23,6 +23,8 @@ ARCHS = {
     "faster_rcnn": {"MODEL.META_ARCHITECTURE": "GeneralizedRCNN", **RCNN},
     "mask_rcnn": {"MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.MASK_ON": True, **RCNN},
     "cascade_rcnn": {"MODEL.META_ARCHITECTURE": "CascadeRCNN", **RCNN},
+    "ssd": {"MODEL.META_ARCHITECTURE": "SSD", "MODEL.BACKBONE.NAME": "mobilenet_v2", "MODEL.SSD.SIZE": 96,
+            "MODEL.SSD.EXTRA_CHANNELS": [64, 32, 32, 16], "MODEL.SSD.MIN_RATIO": 0.1, "MODEL.SSD.MAX_RATIO": 0.9},
 }
 
 
@@ -37,6 +39,10 @@ def save_tiny_checkpoint(folder: Path, arch: str, **extra) -> Path:
     torch.manual_seed(0)
     model = build_model(cfg, len(CLASS_NAMES))
     model.set_prior(1e-3)
+    if arch == "ssd":  # SSDlite's untrained head scores every class 1/4: spread the scores, so that they rank
+        with torch.no_grad():
+            for block in model.head.classification_head.module_list:
+                block[-1].bias.normal_(0.0, 1.0)
     save_config(cfg, folder / "config.yaml")
     path = folder / "model_final.pth"
     torch.save({"model": model.state_dict(), "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES}, path)

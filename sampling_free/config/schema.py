@@ -45,13 +45,13 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN", "SSD")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
         "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, GeneralizedRCNN (Faster R-CNN; "
-                                "Mask R-CNN with MASK_ON) or CascadeRCNN.", choices=DETECTORS),
+                                "Mask R-CNN with MASK_ON), CascadeRCNN or SSD.", choices=DETECTORS),
         "MASK_ON": _b(False, "GeneralizedRCNN / CascadeRCNN: add the mask head."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector weights to initialise or fine-tune from: our checkpoint or a "
@@ -163,6 +163,24 @@ SCHEMA: dict = {
                                "probability.", choices=("classification", "combined")),
             "BACKGROUND_COLUMN": _b(False, "Keep a classification column 0 that is never a class, as torchvision's "
                                     "FCOS counts a background class."),
+        },
+        "SSD": {
+            "SIZE": _i(320, "Every image is resized to SIZE x SIZE (SSD's fixed input)."),
+            "IOU_THRESHOLD": _f(0.5, "Default boxes with IoU >= this are foreground, plus each object's best box."),
+            "NEG_POS_RATIO": _f(3.0, "Baseline: hard-negative mining keeps this many negatives per positive."),
+            "ASPECT_RATIOS": _l([2, 3], "Default-box aspect ratios (each r adds r:1 and 1:r) on every feature map.",
+                                item="int"),
+            "MIN_RATIO": _f(0.2, "Smallest default-box scale, as a fraction of SIZE."),
+            "MAX_RATIO": _f(0.95, "Largest default-box scale, as a fraction of SIZE."),
+            "EXTRA_CHANNELS": _l([512, 256, 256, 128], "Channels of the stride-2 extra feature maps after the "
+                                 "backbone's stride-32 output (SSDlite's).", item="int"),
+            "SCORE_THRESH": _f(0.01, "Baseline test score threshold (torchvision's SSD)."),
+            "NMS_THRESH": _f(0.45, "Per-class NMS IoU at test time."),
+            "TOPK_CANDIDATES": _i(400, "Candidates kept per class before NMS at test time."),
+            "TORCHVISION_BUILDER": _s("", "Build torchvision's own SSD instead (ssd300_vgg16 or "
+                                      "ssdlite320_mobilenet_v3_large, with MODEL.BACKBONE.WEIGHTS as its "
+                                      "weights_backbone) and make it sampling-free: the standard COCO models.",
+                                      choices=("", "ssd300_vgg16", "ssdlite320_mobilenet_v3_large")),
         },
         "RPN": {
             "FG_IOU_THRESHOLD": _f(0.7, "Anchors with IoU >= this are foreground (plus low-quality best matches)."),

@@ -54,7 +54,7 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
     if cfg.MODEL.SAMPLING_FREE.PRIOR is not None:
         prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR)
     else:
-        prior = estimate_prior(model, datasets, setting_from_config(cfg), class_names=first.class_names)
+        prior = estimate_prior(model, datasets, setting_from_config(cfg, model), class_names=first.class_names)
     per_class = None
     if model.switches.per_class_prior and "foreground_per_class" in prior:
         per_class = class_priors_from_counts(list(prior["foreground_per_class"].values()), prior["num_background"])

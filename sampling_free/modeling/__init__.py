@@ -8,8 +8,10 @@ from .cascade import CascadeRoIHeads, build_cascade_rcnn
 from .fcos import SamplingFreeFCOS, build_fcos
 from .rcnn import SamplingFreeRCNN, build_rcnn
 from .retinanet import SamplingFreeRetinaNet, build_retinanet
+from .ssd import SamplingFreeSSD, build_ssd
 
-__all__ = ["build_model", "CascadeRoIHeads", "SamplingFreeFCOS", "SamplingFreeRCNN", "SamplingFreeRetinaNet", "Switches", "resolve_switches"]
+__all__ = ["build_model", "CascadeRoIHeads", "SamplingFreeFCOS", "SamplingFreeRCNN", "SamplingFreeRetinaNet", "SamplingFreeSSD", "Switches",
+           "resolve_switches"]
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
@@ -23,4 +25,6 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         return build_cascade_rcnn(cfg, num_classes)
     if arch == "GeneralizedRCNN":
         return build_rcnn(cfg, num_classes)
+    if arch == "SSD":
+        return build_ssd(cfg, num_classes)
     raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r} is not implemented")

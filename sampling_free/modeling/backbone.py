@@ -79,10 +79,9 @@ def imagenet_state_dict(spec: str) -> dict:
     return weights.get_state_dict(progress=True, check_hash=True)
 
 
-def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int, out_channels: int,
-                   min_level: int, top_block: str) -> BackboneWithFPN:
-    """Trunk + FPN giving levels P<min_level>..P5 plus P6/P7 (``p6p7``, from C5 as in the original) or P6
-    (``maxpool``). ``backbone.out_channels`` and ``len(backbone.level_strides)`` describe the output."""
+def build_trunk(*, name: str, weights: str, norm: str, trainable_layers: int) -> tuple[nn.Module, dict]:
+    """The classification network without its classifier (ResNet, or MobileNetV2's ``features``), ImageNet weights
+    loaded, the first ``5 - trainable_layers`` stages frozen; and its stages {level: (module name, channels)}."""
     if norm == "auto":
         norm = "FrozenBN" if weights else "BN"
     norm_layer = FrozenBatchNorm2d if norm == "FrozenBN" else nn.BatchNorm2d
@@ -111,7 +110,14 @@ def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int,
     for param_name, param in trunk.named_parameters():
         if param_name.split(".")[0] not in trained:
             param.requires_grad_(False)
+    return trunk, stages
 
+
+def build_backbone(*, name: str, weights: str, norm: str, trainable_layers: int, out_channels: int,
+                   min_level: int, top_block: str) -> BackboneWithFPN:
+    """Trunk + FPN giving levels P<min_level>..P5 plus P6/P7 (``p6p7``, from C5 as in the original) or P6
+    (``maxpool``). ``backbone.out_channels`` and ``len(backbone.level_strides)`` describe the output."""
+    trunk, stages = build_trunk(name=name, weights=weights, norm=norm, trainable_layers=trainable_layers)
     levels = range(min_level, 6)
     return_layers = {stages[level][0]: f"p{level}" for level in levels}
     in_channels = [stages[level][1] for level in levels]

@@ -101,6 +101,19 @@ class AnchorPriorCounter(GridPriorCounter):
                 "straddle_thresh": self.straddle_thresh}
 
 
+class SSDPriorCounter(AnchorPriorCounter):
+    """SSD's rule: its default boxes for the (fixed-size) input, labelled by its ``SSDMatcher`` (IoU >= threshold,
+    plus each object's best box), every other box background. Counted image by image: the windowed count is for
+    ``AnchorGenerator`` grids."""
+
+    count_many = None
+
+    def describe(self) -> dict:
+        g = self.anchor_generator
+        return {"rule": "ssd", "aspect_ratios": [list(r) for r in g.aspect_ratios], "scales": list(g.scales),
+                "steps": g.steps, "clip": g.clip, "iou": self.matcher.high_threshold, "num_classes": self.num_classes}
+
+
 class FCOSPriorCounter(GridPriorCounter):
     """π's counting rule for FCOS: its locations for a padded input, labelled by ``assign`` (``fcos.fcos_assign``, which its loss uses too); every location
     that is not foreground is background (FCOS ignores none)."""
