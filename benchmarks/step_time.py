@@ -8,6 +8,8 @@ same round (median and min-max over rounds).
     python benchmarks/step_time.py --detector mask_rcnn
     python benchmarks/step_time.py --detector retinanet
     python benchmarks/step_time.py --detector fcos
+    python benchmarks/step_time.py --detector ssd --size 192 --batch 8
+    python benchmarks/step_time.py --detector atss --size 160 --batch 8
 
 Cascade R-CNN has no torchvision counterpart; compare it with our Faster R-CNN by hand if needed.
 """
@@ -21,6 +23,7 @@ import time
 
 import torch
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import MultiScaleRoIAlign
 
 from sampling_free.config import load_config
@@ -32,12 +35,24 @@ from sampling_free.modeling.common import build_anchor_generator
 CONFIGS = {"faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
            "fcos": "configs/fcos/fcos_R_50_FPN_1x.yaml",
            "mask_rcnn": "configs/mask_rcnn/mask_rcnn_R_50_FPN_1x.yaml",
-           "retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml"}
+           "retinanet": "configs/retinanet/retinanet_R_50_FPN_1x.yaml",
+           # the quickstart models: SSDlite on MobileNetV2 (torchvision's SSD class around the same parts is the
+           # reference), ATSS (no torchvision counterpart: ratios are to our baseline)
+           "ssd": "configs/quickstart/ssdlite_mobilenet_v2_shapes.yaml",
+           "atss": "configs/quickstart/atss_mobilenet_v2_shapes.yaml"}
 
 
 def torchvision_model(cfg, num_classes: int, *, training: bool = True):
-    """Plain torchvision detector with the same backbone, anchors, sizes, sampling and test settings as ``cfg``."""
+    """Plain torchvision detector with the same backbone, anchors, sizes, sampling and test settings as ``cfg``
+    (None for ATSS, which torchvision does not have)."""
     m = cfg.MODEL
+    if m.META_ARCHITECTURE == "ATSS":
+        return None
+    if m.META_ARCHITECTURE == "SSD":  # torchvision's SSD class (its loss: hard-negative mining) on the same parts
+        parts = build_model(cfg, num_classes)
+        return SSD(parts.backbone, parts.anchor_generator, (m.SSD.SIZE, m.SSD.SIZE), num_classes + 1,
+                   head=parts.head, score_thresh=m.SSD.SCORE_THRESH, nms_thresh=m.SSD.NMS_THRESH,
+                   detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, topk_candidates=m.SSD.TOPK_CANDIDATES)
     backbone = build_backbone(name=m.BACKBONE.NAME, weights="", norm=m.BACKBONE.NORM,
                               trainable_layers=m.BACKBONE.TRAINABLE_LAYERS, out_channels=m.FPN.OUT_CHANNELS,
                               min_level=m.FPN.MIN_LEVEL, top_block=m.FPN.TOP_BLOCK)
@@ -111,8 +126,9 @@ def build_variants(detector: str, opts, overrides: dict, num_classes: int, devic
         model.set_prior(1e-3)
         variants[name] = model
     torch.manual_seed(0)
-    variants["torchvision"] = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides),
-                                                num_classes).to(device)
+    reference = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides), num_classes)
+    if reference is not None:
+        variants["torchvision"] = reference.to(device)
     return variants
 
 
@@ -139,7 +155,7 @@ def main():
     args = p.parse_args()
     overrides = {"MODEL.BACKBONE.WEIGHTS": "", "INPUT.MIN_SIZE_TRAIN": [args.size], "INPUT.MAX_SIZE_TRAIN": args.size,
                  "DATASETS.TRAIN": ["shapes_train"], "SOLVER.IMS_PER_BATCH": args.batch,
-                 "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device}
+                 "DATALOADER.NUM_WORKERS": 0, "MODEL.DEVICE": args.device, "MODEL.SSD.SIZE": args.size}
     cfg = load_config(CONFIGS[args.detector], args.opts, values=overrides)
     device = torch.device(args.device)
     batches, num_classes = load_batches(cfg, args.steps + 1, device)
@@ -151,9 +167,10 @@ def main():
               "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
     print(f"{args.detector} R-50-FPN, {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
           f"{torch.get_num_threads()} threads {' '.join(args.opts)}")
-    print("| variant | s/iter (median) | ratio to torchvision (median, min-max) |\n|---|---|---|")
+    reference = "torchvision" if "torchvision" in times else "ours baseline"
+    print(f"| variant | s/iter (median) | ratio to {reference} (median, min-max) |\n|---|---|---|")
     for name, values in times.items():
-        ratios = [v / t for v, t in zip(values, times["torchvision"])]
+        ratios = [v / t for v, t in zip(values, times[reference])]
         report["results"][name] = {"seconds": values, "ratio": ratios}
         print(f"| {name} | {statistics.median(values):.3f} | {statistics.median(ratios):.2f} "
               f"({min(ratios):.2f}-{max(ratios):.2f}) |")

@@ -8,7 +8,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from sampling_free.config import load_config
 from sampling_free.modeling import build_model
 from sampling_free.modeling.fcos import fcos_assign
-from sampling_free.modeling.prior_rules import FCOSPriorCounter
+from sampling_free.modeling.prior_rules import AssignmentPriorCounter
 
 
 class Stride8Backbone(torch.nn.Module):
@@ -24,8 +24,8 @@ def test_prior_count_on_a_hand_built_case():
     #     box (G), so K gets none.
     # H = [40,40,44,44] (class 1): no location lies strictly inside it (x = 40 is on its border) -> none;
     #     FCOS has no low-quality matching.
-    counter = FCOSPriorCounter(backbone=Stride8Backbone(), anchor_generator=AnchorGenerator(((8,),), ((1.0,),)),
-                               num_classes=3, radius=1.5, assign=fcos_assign)
+    counter = AssignmentPriorCounter(backbone=Stride8Backbone(), anchor_generator=AnchorGenerator(((8,),), ((1.0,),)),
+                                     num_classes=3, assign=fcos_assign, parameter=1.5, rule="fcos")
     boxes = torch.tensor([[10.0, 10, 30, 26], [0, 0, 40, 40], [40, 40, 44, 44]])
     per_class, background = counter.count((64, 64), (64, 64), boxes, torch.tensor([2, 3, 1]))
     assert per_class.tolist() == [0.0, 4.0, 0.0]

@@ -45,13 +45,13 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN", "SSD")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN", "SSD", "ATSS")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
         "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, GeneralizedRCNN (Faster R-CNN; "
-                                "Mask R-CNN with MASK_ON), CascadeRCNN or SSD.", choices=DETECTORS),
+                                "Mask R-CNN with MASK_ON), CascadeRCNN, SSD or ATSS.", choices=DETECTORS),
         "MASK_ON": _b(False, "GeneralizedRCNN / CascadeRCNN: add the mask head."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector weights to initialise or fine-tune from: our checkpoint or a "
@@ -163,6 +163,10 @@ SCHEMA: dict = {
                                "probability.", choices=("classification", "combined")),
             "BACKGROUND_COLUMN": _b(False, "Keep a classification column 0 that is never a class, as torchvision's "
                                     "FCOS counts a background class."),
+        },
+        "ATSS": {
+            "TOPK": _i(9, "Candidates per pyramid level and object (nearest centres); ATSS's head and losses are "
+                       "MODEL.FCOS's."),
         },
         "SSD": {
             "SIZE": _i(320, "Every image is resized to SIZE x SIZE (SSD's fixed input)."),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .atss import build_atss
 from .common import Switches, resolve_switches
 from .cascade import CascadeRoIHeads, build_cascade_rcnn
 from .fcos import SamplingFreeFCOS, build_fcos
@@ -27,4 +28,6 @@ def build_model(cfg, num_classes: int) -> nn.Module:
         return build_rcnn(cfg, num_classes)
     if arch == "SSD":
         return build_ssd(cfg, num_classes)
+    if arch == "ATSS":
+        return build_atss(cfg, num_classes)
     raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r} is not implemented")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -31,7 +32,7 @@ from .backbone import backbone_from_config
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, guided, \
     loss_weights, resolve_switches, weigh
 from .one_stage import OneStagePrior, select_detections
-from .prior_rules import FCOSPriorCounter
+from .prior_rules import AssignmentPriorCounter
 
 # loss names: ours, and torchvision's (a converted model keeps its contract)
 LOSS_NAMES = {"original": ("loss_fcos_cls", "loss_fcos_giou", "loss_fcos_centerness"),
@@ -64,9 +65,18 @@ def fcos_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[
     return index
 
 
+def centerness_target(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """sqrt(min(l, r) / max(l, r) · min(t, b) / max(t, b)) of each location's centre inside its box."""
+    centers = (anchors[:, :2] + anchors[:, 2:]) / 2
+    lr = torch.stack([centers[:, 0] - boxes[:, 0], boxes[:, 2] - centers[:, 0]], 1)
+    tb = torch.stack([centers[:, 1] - boxes[:, 1], boxes[:, 3] - centers[:, 1]], 1)
+    return torch.sqrt(lr.min(1).values / lr.max(1).values * (tb.min(1).values / tb.max(1).values))
+
+
 class SamplingFreeFCOS(OneStagePrior, FCOS):
     """torchvision ``FCOS`` from its parts, with the loss, bias and threshold above. ``label_offset``: 1 when column
-    k is class k + 1 (our configs), 0 when column k is label k (torchvision's). ``threshold_on``: what the baseline
+    k is class k + 1 (our configs), 0 when column k is label k (torchvision's). ``assign`` and ``box_coder``: FCOS's
+    by default; ATSS passes its own (``atss.py``). ``threshold_on``: what the baseline
     threshold applies to, the "classification" probability (the FCOS paper, our configs) or the "combined"
     sqrt(classification x centerness) (torchvision); the adaptive threshold always applies to the classification
     probability."""
@@ -75,12 +85,17 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
                  label_offset: int = 1, center_sampling_radius: float = 1.5, score_thresh: float = 0.05,
                  nms_thresh: float = 0.6, detections_per_img: int = 100, topk_candidates: int = 1000,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, guided_target: str = "giou",
-                 threshold_on: str = "classification", loss_style: str = "original"):
+                 threshold_on: str = "classification", loss_style: str = "original", assign=fcos_assign,
+                 assign_parameter: float | None = None, box_coder=None):
         super().__init__(backbone, head.classification_head.num_classes, anchor_generator=anchor_generator,
                          head=head, center_sampling_radius=center_sampling_radius, score_thresh=score_thresh,
                          nms_thresh=nms_thresh, detections_per_img=detections_per_img,
                          topk_candidates=topk_candidates)
         self.transform, self.switches, self.label_offset = transform, switches, label_offset
+        self.assign = assign  # (anchors, boxes, per level, parameter) -> matched box per location, -1 background
+        self.assign_parameter = center_sampling_radius if assign_parameter is None else assign_parameter
+        if box_coder is not None:
+            self.box_coder = box_coder
         self.prior = PriorBuffer()
         self.class_prior = PriorBuffer(self.num_classes) if switches.per_class_prior else None
         self.focal_alpha, self.focal_gamma, self.guided_target = focal_alpha, focal_gamma, guided_target
@@ -93,9 +108,16 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
     def training_stats(self) -> dict[str, float]:
         return self.last_stats
 
-    def prior_counter(self) -> FCOSPriorCounter:
-        return FCOSPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
-                                num_classes=self.num_classes, radius=self.center_sampling_radius, assign=fcos_assign)
+    def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Boxes (L, 4) from one image's deltas at its locations: FCOS's distances, or ATSS's anchor deltas."""
+        if isinstance(self.box_coder, det_utils.BoxCoder):
+            return self.box_coder.decode_single(deltas, anchors)
+        return self.box_coder.decode(deltas, anchors)
+
+    def prior_counter(self) -> AssignmentPriorCounter:
+        return AssignmentPriorCounter(backbone=self.backbone, anchor_generator=self.anchor_generator,
+                                      num_classes=self.num_classes, assign=self.assign,
+                                      parameter=self.assign_parameter, rule=self.assign.__name__)
 
     def test_thresholds(self) -> tuple:
         """(score threshold, NMS IoU): the threshold a float, or a tensor of one per class with
@@ -106,7 +128,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
 
     def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
         cls_logits, deltas, ctrness = (head_outputs[k] for k in ("cls_logits", "bbox_regression", "bbox_ctrness"))
-        matched = torch.stack([fcos_assign(a, t["boxes"], num_anchors_per_level, self.center_sampling_radius)
+        matched = torch.stack([self.assign(a, t["boxes"], num_anchors_per_level, self.assign_parameter)
                                for a, t in zip(anchors, targets)])
         fg = matched >= 0
         num_fg = average_count(int(fg.sum()))  # over processes, at least 1
@@ -123,11 +145,9 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
                                           reduction="sum") / num_fg
         anchors = torch.stack(anchors)
         if fg.any():
-            pred = self.box_coder.decode(deltas, anchors)
+            pred = torch.stack([self.decode(d, a) for d, a in zip(deltas, anchors)])
             loss_giou = generalized_box_iou_loss(pred[fg], gt_boxes[fg], reduction="sum") / num_fg
-            reg = self.box_coder.encode(anchors[fg], gt_boxes[fg])
-            ctr_target = torch.sqrt((reg[:, [0, 2]].min(1).values / reg[:, [0, 2]].max(1).values) *
-                                    (reg[:, [1, 3]].min(1).values / reg[:, [1, 3]].max(1).values))
+            ctr_target = centerness_target(anchors[fg], gt_boxes[fg])
             loss_ctr = F.binary_cross_entropy_with_logits(ctrness.squeeze(2)[fg], ctr_target, reduction="sum") / num_fg
         else:  # zero, connected to the graph
             loss_giou, loss_ctr = deltas.sum() * 0.0, ctrness.sum() * 0.0
@@ -153,7 +173,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
                 levels.append((deltas[index], combined if on_combined else probs, combined, level_anchors))
             detections.append(select_detections(
                 levels, thresh=self.column_thresholds(thresh, levels[0][1]), topk=self.topk_candidates,
-                nms_thresh=nms, detections_per_img=self.detections_per_img, decode=self.box_coder.decode,
+                nms_thresh=nms, detections_per_img=self.detections_per_img, decode=self.decode,
                 image_shape=image_shape, label_offset=self.label_offset))
         return detections
 

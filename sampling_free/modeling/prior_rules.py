@@ -3,7 +3,8 @@ given image, and the fast way to count them for a whole dataset.
 
 ``prior.py`` turns a dataset into counts through a detector's rule (``model.prior_counter()``); the rules live here,
 beside the detectors whose matchers they follow: ``AnchorPriorCounter`` (RetinaNet, the RPN: anchors and a
-``Matcher``), ``FCOSPriorCounter`` (FCOS's locations and its assignment), and ``count_images``.
+``Matcher``), ``SSDPriorCounter``, ``AssignmentPriorCounter`` (FCOS's and ATSS's own assignments), and
+``count_images``.
 
 ``count_images`` counts anchors for a whole dataset at once, without comparing every box to every anchor.
 
@@ -114,24 +115,27 @@ class SSDPriorCounter(AnchorPriorCounter):
                 "steps": g.steps, "clip": g.clip, "iou": self.matcher.high_threshold, "num_classes": self.num_classes}
 
 
-class FCOSPriorCounter(GridPriorCounter):
-    """π's counting rule for FCOS: its locations for a padded input, labelled by ``assign`` (``fcos.fcos_assign``, which its loss uses too); every location
-    that is not foreground is background (FCOS ignores none)."""
+class AssignmentPriorCounter(GridPriorCounter):
+    """π's counting rule for detectors that assign locations to boxes by a function of their own (FCOS's
+    ``fcos.fcos_assign``, ATSS's ``atss.atss_assign``, which their losses use too): the locations for a padded
+    input, each foreground or background (these detectors ignore none). ``parameter``: the assignment's own
+    (FCOS's centre-sampling radius, ATSS's top-k)."""
 
-    def __init__(self, *, backbone, anchor_generator, num_classes: int, radius: float, assign):
+    def __init__(self, *, backbone, anchor_generator, num_classes: int, assign, parameter: float, rule: str):
         super().__init__(backbone=backbone, anchor_generator=anchor_generator, num_classes=num_classes)
-        self.radius, self.assign = radius, assign
+        self.assign, self.parameter, self.rule = assign, parameter, rule
 
     def count(self, padded, image_size, boxes, labels):
         anchors, per_level = self.locations(tuple(padded))
-        matched = self.assign(anchors, boxes, per_level, self.radius)
+        matched = self.assign(anchors, boxes, per_level, self.parameter)
         fg = matched >= 0
         per_class = torch.bincount(labels[matched[fg]] - 1, minlength=self.num_classes)
         return per_class.double().numpy(), float((~fg).sum())
 
     def describe(self) -> dict:
-        return {"rule": "fcos", "sizes": [list(s) for s in self.anchor_generator.sizes],
-                "center_sampling_radius": self.radius, "num_classes": self.num_classes}
+        return {"rule": self.rule, "sizes": [list(s) for s in self.anchor_generator.sizes],
+                "aspect_ratios": [list(r) for r in self.anchor_generator.aspect_ratios],
+                "parameter": self.parameter, "num_classes": self.num_classes}
 
 
 # Windows are drawn for a threshold a hair below the true one, so that float rounding in their geometry cannot drop
