@@ -76,7 +76,7 @@ def images(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn"])
+@pytest.mark.parametrize("arch", ["retinanet", "mask_rcnn", "ssd", "atss"])
 def test_demo_writes_the_drawing_of_the_models_own_detections(images, tmp_path, arch):
     weights = save_tiny_checkpoint(tmp_path / "run", arch)
     out = tmp_path / "drawn"
