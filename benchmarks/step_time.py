@@ -165,7 +165,7 @@ def main():
               "rounds": args.rounds,
               "steps_per_round": args.steps, "machine": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
-    print(f"{args.detector} R-50-FPN, {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
+    print(f"{args.detector} ({CONFIGS[args.detector]}, no pretrained weights), {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
           f"{torch.get_num_threads()} threads {' '.join(args.opts)}")
     reference = "torchvision" if "torchvision" in times else "ours baseline"
     print(f"| variant | s/iter (median) | ratio to {reference} (median, min-max) |\n|---|---|---|")
