@@ -79,3 +79,22 @@ def test_a_tiny_atss_trains_and_evaluates(tiny_dataset_overrides, tmp_path, samp
     assert prior["depends_on"]["rule"]["rule"] == "atss_assign" and prior["depends_on"]["rule"]["parameter"] == 9
     (metrics,) = tmp_path.glob("inference/*/model_final/metrics.json")
     assert set(json.loads(metrics.read_text())["bbox"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+def test_the_box_branch_can_move_a_box_left_up_and_shrink_it():
+    """ATSS regresses anchor deltas, which are negative for a box left of, above or smaller than its anchor;
+    FCOS's box branch ends in a ReLU (distances), which would clamp them to 0."""
+    from sampling_free.modeling.atss import atss_head
+
+    head = atss_head(32, 3, num_convs=1)
+    torch.nn.init.zeros_(head.regression_head.bbox_reg.weight)
+    torch.nn.init.constant_(head.regression_head.bbox_reg.bias, -0.5)
+    features = [torch.randn(2, 32, 8, 8), torch.randn(2, 32, 4, 4)]
+    deltas, centerness = head.regression_head(features)
+    assert deltas.shape == (2, 80, 4) and centerness.shape == (2, 80, 1)
+    assert torch.equal(deltas, torch.full_like(deltas, -0.5))
+    # the layout is torchvision's: location-major over each level, levels in order
+    torch.nn.init.normal_(head.regression_head.bbox_reg.weight)
+    deltas, _ = head.regression_head(features)
+    direct = head.regression_head.bbox_reg(head.regression_head.conv(features[1]))  # (2, 4, 4, 4)
+    assert torch.allclose(deltas[:, 64 + 4 * 1 + 2], direct[:, :, 1, 2], atol=1e-6)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.ops import box_iou
 
 from .backbone import backbone_from_config
@@ -49,6 +49,31 @@ def atss_assign(anchors: torch.Tensor, boxes: torch.Tensor, num_per_level: list[
     return index
 
 
+def _per_location(output: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, A * size, H, W) -> (N, H * W * A, size), torchvision's layout."""
+    n, _, h, w = output.shape
+    return output.view(n, -1, size, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, size)
+
+
+class ATSSRegressionHead(FCOSRegressionHead):
+    """FCOS's box and centerness branch without the ReLU on the box output: FCOS predicts distances (>= 0), ATSS
+    anchor deltas, negative whenever a box lies left of or above its anchor's centre or is smaller than it."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, centerness = [], []
+        for features in x:
+            feature = self.conv(features)
+            boxes.append(_per_location(self.bbox_reg(feature), 4))
+            centerness.append(_per_location(self.bbox_ctrness(feature), 1))
+        return torch.cat(boxes, dim=1), torch.cat(centerness, dim=1)
+
+
+def atss_head(in_channels: int, num_classes: int, num_convs: int) -> FCOSHead:
+    head = FCOSHead(in_channels, 1, num_classes, num_convs=num_convs)
+    head.regression_head = ATSSRegressionHead(in_channels, 1, num_convs=num_convs)
+    return head
+
+
 def build_atss(cfg, num_classes: int) -> SamplingFreeFCOS:
     """ATSS from our config: the head and losses of MODEL.FCOS, the assignment's k of MODEL.ATSS.TOPK, one anchor
     per location (MODEL.ANCHOR_GENERATOR: 8 x stride, ratio 1 in the paper)."""
@@ -59,7 +84,7 @@ def build_atss(cfg, num_classes: int) -> SamplingFreeFCOS:
         raise ValueError("ATSS places one anchor per location: set MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE 1 and "
                          "ASPECT_RATIOS [1.0]")
     model = SamplingFreeFCOS(
-        backbone, head=FCOSHead(backbone.out_channels, 1, num_classes, num_convs=c.NUM_CONVS),
+        backbone, head=atss_head(backbone.out_channels, num_classes, c.NUM_CONVS),
         anchor_generator=anchor_generator, transform=build_transform(cfg),
         switches=resolve_switches(cfg, default_scale=1.0), score_thresh=c.SCORE_THRESH, nms_thresh=c.NMS_THRESH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, topk_candidates=c.TOPK_CANDIDATES,
