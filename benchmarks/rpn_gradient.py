@@ -17,18 +17,11 @@ import dataclasses
 import torch
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from sampling_free.config import load_config
-from sampling_free.data.build import build_datasets
-from sampling_free.engine.checkpoint import load_checkpoint
-from sampling_free.modeling import build_model
+from trained_run import load_trained_run
 
 
 def objectness_gradients(run: str, *, images: int, batch: int) -> dict[str, dict[str, float]]:
-    cfg = load_config(f"{run}/config.yaml", values={"INPUT.HFLIP_PROB": 0.0})
-    dataset = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)[0]
-    model = build_model(cfg, dataset.num_classes)
-    model.load_state_dict(load_checkpoint(f"{run}/model_final.pth")["model"])
-    model.train()
+    _, model, dataset = load_trained_run(run)
     rpn = model.rpn
     modes = {"sampling-free": dataclasses.replace(rpn.switches, no_heuristic=True, guided_loss=True),
              "samplers": dataclasses.replace(rpn.switches, no_heuristic=False, guided_loss=False)}

@@ -21,19 +21,13 @@ import torch
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou
 
-from sampling_free.config import load_config
-from sampling_free.data.build import build_datasets
-from sampling_free.engine.checkpoint import load_checkpoint
-from sampling_free.modeling import build_model
 from sampling_free.modeling.common import inside_image
+
+from trained_run import load_trained_run
 
 
 def level_stats(run: str, *, images: int) -> tuple[list[str], dict[str, torch.Tensor]]:
-    cfg = load_config(f"{run}/config.yaml", values={"INPUT.HFLIP_PROB": 0.0})
-    dataset = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)[0]
-    model = build_model(cfg, dataset.num_classes)
-    model.load_state_dict(load_checkpoint(f"{run}/model_final.pth")["model"])
-    model.train()
+    cfg, model, dataset = load_trained_run(run)
     rpn = model.rpn
     names = None
     sums = {}

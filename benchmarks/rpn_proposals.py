@@ -14,18 +14,11 @@ import argparse
 import torch
 from torchvision.ops import box_iou
 
-from sampling_free.config import load_config
-from sampling_free.data.build import build_datasets
-from sampling_free.engine.checkpoint import load_checkpoint
-from sampling_free.modeling import build_model
+from trained_run import load_trained_run
 
 
 def proposal_counts(run: str, *, images: int, large: float) -> dict:
-    cfg = load_config(f"{run}/config.yaml", values={"INPUT.HFLIP_PROB": 0.0})
-    dataset = build_datasets(cfg.DATASETS.TRAIN, cfg, training=True)[0]
-    model = build_model(cfg, dataset.num_classes)
-    model.load_state_dict(load_checkpoint(f"{run}/model_final.pth")["model"])
-    model.train()  # training-time proposal count and NMS
+    _, model, dataset = load_trained_run(run)
     counts = {"images": 0, "proposals": 0, "on_object": 0, "objects": 0, "on_large": 0, "large_objects": 0,
               "wide_proposals": 0, "wide_objects": 0}
     with torch.no_grad():
