@@ -25,11 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
-from torchvision.ops import boxes as box_ops
 
 from .backbone import build_trunk
 from .common import PriorBuffer, Switches, frozen_ratio, guided, loss_weights, resolve_switches, weigh
@@ -92,9 +90,19 @@ class SamplingFreeSSD(SSD):
                     bias = conv.bias.view(-1, columns)  # anchor-major, class-minor
                     bias[:, 0], bias[:, 1:] = background, foreground
 
-    def test_thresholds(self) -> tuple[float, float]:
+    @property
+    def score_thresh(self) -> float:
+        """Read by torchvision's post-processing at each call: π · C with the adaptive threshold, else the
+        baseline's (set by ``SSD.__init__``)."""
         if self.switches.adaptive_threshold:
-            return adaptive_score_threshold(self.prior.get(), self.num_classes), self.nms_thresh
+            return adaptive_score_threshold(self.prior.get(), self.num_classes)
+        return self.baseline_score_thresh
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        self.baseline_score_thresh = value
+
+    def test_thresholds(self) -> tuple[float, float]:
         return self.score_thresh, self.nms_thresh
 
     def describe_prior(self) -> dict:
@@ -131,26 +139,6 @@ class SamplingFreeSSD(SSD):
         cls = F.cross_entropy(cls_logits.reshape(-1, cls_logits.shape[-1]), torch.cat(cls_targets), reduction="sum")
         n = max(1, num_pos)
         return {"classification": cls / n, "bbox_regression": torch.stack(box_loss).sum() / n}
-
-    def postprocess_detections(self, head_outputs, image_anchors, image_shapes):
-        thresh, nms = self.test_thresholds()
-        scores_all = F.softmax(head_outputs["cls_logits"], dim=-1)
-        detections = []
-        for deltas, scores, anchors, shape in zip(head_outputs["bbox_regression"], scores_all, image_anchors,
-                                                  image_shapes):
-            boxes = box_ops.clip_boxes_to_image(self.box_coder.decode_single(deltas, anchors), shape)
-            kept_boxes, kept_scores, kept_labels = [], [], []
-            for label in range(1, scores.shape[-1]):
-                score = scores[:, label]
-                keep = torch.where(score > thresh)[0]
-                score, order = score[keep].topk(det_utils._topk_min(keep, self.topk_candidates, 0))
-                kept_boxes.append(boxes[keep[order]])
-                kept_scores.append(score)
-                kept_labels.append(torch.full_like(score, label, dtype=torch.int64))
-            boxes, scores, labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
-            keep = box_ops.batched_nms(boxes, scores, labels, nms)[: self.detections_per_img]
-            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
-        return detections
 
 
 class MobileNetV2SSDLiteFeatures(nn.Module):
