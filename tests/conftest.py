@@ -39,3 +39,14 @@ def tiny_dataset_overrides(tiny_shapes):
         "SOLVER.IMS_PER_BATCH": 2, "SOLVER.BASE_LR": 0.005, "SOLVER.WARMUP_ITERS": 2, "SOLVER.STEPS": [100],
         "SOLVER.LOG_PERIOD": 1, "TEST.IMS_PER_BATCH": 4, "DATALOADER.NUM_WORKERS": 0,
     }
+
+
+@pytest.fixture(scope="session")
+def shapes_voc(tmp_path_factory, tiny_shapes):
+    """``tiny_shapes`` (seed 0, 16 + 8 images) written again in the VOC layout, through the command line."""
+    from sampling_free.cli import main
+
+    out = tmp_path_factory.mktemp("shapes_voc")
+    assert main(["data", "shapes", "--format", "voc", "--out", str(out), "--train-images", "16",
+                 "--val-images", "8"]) == 0
+    return out

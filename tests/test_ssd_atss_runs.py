@@ -27,14 +27,6 @@ def _losses(run_dir):
     return {r["iteration"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-@pytest.fixture(scope="module")
-def shapes_voc(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes_voc")
-    assert main(["data", "shapes", "--format", "voc", "--out", str(out), "--train-images", "16",
-                 "--val-images", "8"]) == 0
-    return out
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_voc_layout_training_resumes_the_same_run_and_evaluates(tiny_dataset_overrides, shapes_voc, tmp_path, arch):
     opts = {**tiny_dataset_overrides, **ARCHS[arch], "MODEL.SAMPLING_FREE_ON": True,

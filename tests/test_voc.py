@@ -140,15 +140,6 @@ def test_missing_files_are_named(tmp_path):
 
 # --- shapes in VOC layout, catalog, build --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def shapes_voc(tmp_path_factory, tiny_shapes):
-    """``tiny_shapes`` (seed 0, 16 + 8 images) written again in the VOC layout, through the command line."""
-    out = tmp_path_factory.mktemp("shapes_voc")
-    assert main(["data", "shapes", "--format", "voc", "--out", str(out), "--train-images", "16",
-                 "--val-images", "8"]) == 0
-    return out
-
-
 @pytest.mark.parametrize("split", ["train", "val"])
 @pytest.mark.parametrize("training", [True, False])
 def test_shapes_voc_layout_matches_the_coco_layout_exactly(shapes_voc, tiny_shapes, split, training):
