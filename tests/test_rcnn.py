@@ -109,6 +109,11 @@ def test_rpn_loss_normalisations_by_hand():
     bce = sum(math.log1p(math.exp(-objectness[k].item())) if labels[0][k] == 1 else
               math.log1p(math.exp(objectness[k].item())) for k in used) / len(used)
     assert loss_obj.item() == pytest.approx(bce, rel=1e-5)
+    per_image = model_for(True, **{"MODEL.RPN.BOX_LOSS_NORMALIZER": "images"}).rpn
+    two_images = [labels[0][:3], labels[0][3:]]
+    loss_obj, loss_reg = per_image.loss(objectness, deltas, two_images, [targets[:3], targets[3:]])
+    assert loss_reg.item() == pytest.approx(reg_sum / (2 * 256), rel=1e-5)  # the samplers' images x 256
+    assert loss_obj.item() == pytest.approx(loss_reg.item(), rel=1e-5)
 
 
 def test_box_head_loss_normalisations_by_hand():

@@ -200,6 +200,12 @@ SCHEMA: dict = {
             "NMS_THRESH": _f(0.7, "Proposal NMS IoU."),
             "SMOOTH_L1_BETA": _f(1.0 / 9, "Proposal box smooth-L1 beta."),
             "CLASSIFICATION_SCALE": _f(1.0, "Guided-scaling factor of the objectness loss."),
+            "BOX_LOSS_NORMALIZER": _s("positives", "Sampling-free RPN: what its box smooth-L1 sum is divided by, "
+                                      "and so (by guided scaling) the objectness loss too. 'positives': 8 x the "
+                                      "positives (0.5 x the mean over their coordinates; the original). 'images': "
+                                      "images x BATCH_SIZE_PER_IMAGE (the samplers' normaliser): both RPN losses "
+                                      "then grow with the objects per image, as the baseline's do.",
+                                      choices=("positives", "images")),
         },
         "ROI_HEADS": {
             "FG_IOU_THRESHOLD": _f(0.5, "Proposals with IoU >= this are foreground."),

@@ -6,7 +6,8 @@ RPN (``SamplingFreeRPN``):
 * baseline: 256 anchors per image at <= 50 % positives (torchvision's sampler); objectness BCE mean over them;
   box smooth-L1 summed over sampled positives / #sampled;
 * sampling-free: **every** anchor with label >= 0 enters the objectness BCE; box loss = 0.5 * mean smooth-L1 over
-  the 4 * P coordinates of the positives; objectness loss guided-scaled to it (x ``MODEL.RPN.CLASSIFICATION_SCALE``);
+  the 4 * P coordinates of the positives (or, with ``MODEL.RPN.BOX_LOSS_NORMALIZER images``, the smooth-L1 sum over
+  images x 256, the baseline's normaliser); objectness loss guided-scaled to it (x ``MODEL.RPN.CLASSIFICATION_SCALE``);
   objectness bias from π of the RPN's own matcher (class-agnostic, C = 1).
 * both: anchors crossing the image border by more than ``MODEL.RPN.STRADDLE_THRESH`` are ignored (-1 keeps all).
 
@@ -56,9 +57,11 @@ def init_box_predictor(predictor: nn.Module) -> None:
 
 class SamplingFreeRPN(RegionProposalNetwork):
     def __init__(self, *, switches: Switches, rpn_scale: float, straddle_thresh: float, smooth_l1_beta: float,
-                 **kwargs):
+                 box_loss_normalizer: str = "positives", **kwargs):
         super().__init__(**kwargs)
-        self.switches, self.rpn_scale = switches, rpn_scale
+        if box_loss_normalizer not in ("positives", "images"):
+            raise ValueError(f"RPN box loss normalizer {box_loss_normalizer!r}: expected 'positives' or 'images'")
+        self.switches, self.rpn_scale, self.box_loss_normalizer = switches, rpn_scale, box_loss_normalizer
         self.straddle_thresh, self.smooth_l1_beta = straddle_thresh, smooth_l1_beta
         self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
@@ -93,7 +96,12 @@ class SamplingFreeRPN(RegionProposalNetwork):
         loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used], reduction="sum") / num_used
         loss_reg = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=self.smooth_l1_beta,
                                     reduction="sum")  # 0, still connected, without positives
-        loss_reg = loss_reg / (4 * num_pos) * 0.5 if self.switches.no_heuristic else loss_reg / num_used
+        if not self.switches.no_heuristic:
+            loss_reg = loss_reg / num_used
+        elif self.box_loss_normalizer == "images":  # grows with the objects per image, as the samplers' loss does
+            loss_reg = loss_reg / (average_count(len(labels_per_image)) * self.fg_bg_sampler.batch_size_per_image)
+        else:
+            loss_reg = loss_reg / (4 * num_pos) * 0.5
         self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
         if self.switches.guided_loss:
             loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio)
@@ -269,7 +277,7 @@ def build_backbone_and_rpn(cfg, switches: Switches):
     r = m.RPN
     rpn = SamplingFreeRPN(
         switches=switches, rpn_scale=r.CLASSIFICATION_SCALE, straddle_thresh=r.STRADDLE_THRESH,
-        smooth_l1_beta=r.SMOOTH_L1_BETA, anchor_generator=anchor_generator,
+        smooth_l1_beta=r.SMOOTH_L1_BETA, box_loss_normalizer=r.BOX_LOSS_NORMALIZER, anchor_generator=anchor_generator,
         head=RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
         fg_iou_thresh=r.FG_IOU_THRESHOLD, bg_iou_thresh=r.BG_IOU_THRESHOLD,
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
