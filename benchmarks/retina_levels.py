@@ -11,7 +11,7 @@ For the first ``--images`` test images, with the model's own matcher, per FPN le
   highest class probability on its background anchors; ``p(bg) > thr``: background anchors per image whose highest
   probability passes the model's test threshold (candidates NMS and ranking must remove).
 
-Then per COCO size (small < 32², medium < 96², large): ``best p``: mean over objects of the highest true-class
+Then per COCO size (small < 32², medium < 96², large; box area in the image's own pixels): ``best p``: mean over objects of the highest true-class
 probability among their matched anchors, and ``rank``: the share of the image's background anchors scoring above
 it (its rank among the image's false candidates; lower is better). A large object whose best anchor ranks below
 many background anchors is what costs AP at the high-recall end.
@@ -69,7 +69,8 @@ def run_stats(run: str, *, images: int):
             for key, value in add.items():
                 sums[key] = sums.get(key, 0) + value
             background = top_bg[bg]
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            original = target["boxes"]  # sizes as COCO counts them: in the image's own pixels, not the resized ones
+            area = (original[:, 2] - original[:, 0]) * (original[:, 3] - original[:, 1])
             for j in range(len(boxes)):
                 mine = matched == j
                 if not mine.any():
