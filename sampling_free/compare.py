@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def summarise(results: dict[str, dict[int, dict]]) -> dict:
             entry[task] = {}
             for k in METRIC_NAMES:
                 values = [r[k] for r in runs]
+                if any(math.isnan(v) for v in values):  # COCO's nan: the test set has no object of that size
+                    entry[task][k] = {"mean": math.nan, "std": math.nan, "values": values}
+                    continue
                 entry[task][k] = {"mean": statistics.fmean(values),
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
         summary[variant] = entry
@@ -81,7 +85,8 @@ def markdown_table(summary: dict, labels: dict[str, str]) -> str:
         cells = [labels.get(variant, variant)]
         for t in tasks:
             for k in METRIC_NAMES:
-                cells.append(f"{s[t][k]['mean']:.1f} ± {s[t][k]['std']:.1f}" if t in s else "—")
+                cells.append(f"{s[t][k]['mean']:.1f} ± {s[t][k]['std']:.1f}"
+                             if t in s and not math.isnan(s[t][k]["mean"]) else "—")
         seeds = f"{len(s['seeds'])}" + (f" ({len(s['diverged'])} diverged)" if s["diverged"] else "")
         rows.append("| " + " | ".join(cells + [seeds]) + " |")
     return "\n".join(rows)

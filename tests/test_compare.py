@@ -19,6 +19,16 @@ def test_summary_statistics_by_hand():
     assert "| heuristic | 32.0 ± 2.8 |" in table and "2 (1 diverged)" in table
 
 
+def test_summary_of_a_size_the_test_set_lacks():
+    """COCO reports AP of an absent object size as nan on every seed: shown as absent, not a crash in stdev."""
+    aps = {"AP": 50.0, "AP50": 70.0, "AP75": 55.0, "APs": 50.0, "APm": float("nan"), "APl": float("nan")}
+    summary = summarise({"baseline": {0: {"bbox": dict(aps)}, 1: {"bbox": {**aps, "AP": 52.0}}}})
+    assert summary["baseline"]["bbox"]["AP"]["mean"] == 51.0
+    assert summary["baseline"]["bbox"]["APl"]["mean"] != summary["baseline"]["bbox"]["APl"]["mean"]  # nan
+    row = markdown_table(summary, {"baseline": "heuristic"}).splitlines()[-1]
+    assert row.startswith("| heuristic | 51.0 ± 1.4 |") and row.count("—") == 2
+
+
 def test_compare_runs_resumes_and_plots(tiny_dataset_overrides, tmp_path, capsys):
     opts = [x for k, v in {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 2}.items()
             for x in (k, v if isinstance(v, str) else repr(v))]
