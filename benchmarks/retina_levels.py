@@ -23,9 +23,8 @@ import argparse
 import torch
 from torchvision.ops import box_iou
 
+from size_ap import size_of
 from trained_run import load_trained_run
-
-SIZES = (("small", 0, 32**2), ("medium", 32**2, 96**2), ("large", 96**2, float("inf")))
 
 
 def run_stats(run: str, *, images: int):
@@ -34,7 +33,7 @@ def run_stats(run: str, *, images: int):
     thresh = float(torch.as_tensor(thresh).min())
     offset = model.label_offset
     sums: dict[str, torch.Tensor] = {}
-    per_size = {name: [] for name, _, _ in SIZES}
+    per_size = {"small": [], "medium": [], "large": []}
     names = None
     with torch.no_grad():
         for k in range(min(images, len(dataset))):
@@ -49,8 +48,8 @@ def run_stats(run: str, *, images: int):
             names = names or [f"P{cfg.MODEL.FPN.MIN_LEVEL + i}" for i in range(len(counts))]
             probs = torch.sigmoid(head["cls_logits"][0])
             boxes, labels = targets[0]["boxes"], targets[0]["labels"]
-            matched = model.proposal_matcher(box_iou(boxes, anchors)) if len(boxes) else \
-                torch.full((len(anchors),), -1, dtype=torch.long)
+            iou = box_iou(boxes, anchors)
+            matched = model.proposal_matcher(iou) if len(boxes) else torch.full((len(anchors),), -1, dtype=torch.long)
             fg, bg = matched >= 0, matched == -1
             top_bg = probs.max(1).values
             p_true = torch.zeros(len(anchors))
@@ -60,7 +59,7 @@ def run_stats(run: str, *, images: int):
                 "anchors": torch.bincount(level, minlength=count).double(),
                 "fg": torch.bincount(level[fg], minlength=count).double(),
                 "bg": torch.bincount(level[bg], minlength=count).double(),
-                "objects": torch.bincount(level[box_iou(boxes, anchors).argmax(1)], minlength=count).double()
+                "objects": torch.bincount(level[iou.argmax(1)], minlength=count).double()
                 if len(boxes) else torch.zeros(count, dtype=torch.float64),
                 "p_fg": torch.zeros(count, dtype=torch.float64).index_add_(0, level[fg], p_true[fg].double()),
                 "p_bg": torch.zeros(count, dtype=torch.float64).index_add_(0, level[bg], top_bg[bg].double()),
@@ -69,7 +68,7 @@ def run_stats(run: str, *, images: int):
             for key, value in add.items():
                 sums[key] = sums.get(key, 0) + value
             background = top_bg[bg]
-            original = target["boxes"]  # sizes as COCO counts them: in the image's own pixels, not the resized ones
+            original = target["boxes"]  # sizes in the image's own pixels, not the resized ones (box, not mask, area)
             area = (original[:, 2] - original[:, 0]) * (original[:, 3] - original[:, 1])
             for j in range(len(boxes)):
                 mine = matched == j
@@ -77,9 +76,7 @@ def run_stats(run: str, *, images: int):
                     continue
                 best = float(p_true[mine].max())
                 rank = float((background > best).double().mean()) if len(background) else 0.0
-                for name, low, high in SIZES:
-                    if low <= float(area[j]) < high:
-                        per_size[name].append((best, rank))
+                per_size[size_of(float(area[j]))].append((best, rank))
     return names, sums, per_size, min(images, len(dataset))
 
 

@@ -20,10 +20,8 @@ import contextlib
 import io
 from pathlib import Path
 
-import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
 import torch
 from torchvision.ops import box_iou
 
@@ -82,7 +80,7 @@ def false_positives(ev, *, area: int, iou_index: int) -> tuple[int, float, dict[
             if e["dtMatches"][iou_index][k] > 0:
                 true_scores.append(d["score"])
                 continue
-            objects = gt.loadAnns(gt.getAnnIds(imgIds=d["image_id"], iscrowd=False))
+            objects = [o for o in gt.imgToAnns[d["image_id"]] if not o.get("iscrowd", 0)]
             iou = box_iou(xyxy([d]), xyxy(objects))[0] if objects else torch.zeros(0)
             other = [i for i, o in enumerate(objects) if o["category_id"] != d["category_id"]]
             errors.append(("other class" if other and float(iou[other].max()) >= threshold else "rest",
@@ -97,6 +95,7 @@ def false_positives(ev, *, area: int, iou_index: int) -> tuple[int, float, dict[
 
 
 def size_of(area: float) -> str:
+    """COCO's size of an object of this area (its small / medium / large limits, 32² and 96²)."""
     return "small" if area < 32**2 else "medium" if area < 96**2 else "large"
 
 
@@ -144,7 +143,7 @@ def main():
     results = {run: size_ap(run, args.dataset) for run in args.runs}
     print("| run | size | AP | AP50 | AP75 |")
     print("|---|---|---|---|---|")
-    for run, (table, _, _ev) in results.items():
+    for run, (table, _, _) in results.items():
         for area, (ap, ap50, ap75) in table.items():
             print(f"| {run} | {area} | {ap:.1f} | {ap50:.1f} | {ap75:.1f} |")
     print()
