@@ -113,3 +113,22 @@ def test_journal_options_resume_with_their_frozen_ratio_and_sigmas(tiny_dataset_
         total = prior["num_foreground"] + prior["num_background"]
         assert prior["class_priors"] == pytest.approx(
             [max(n, 0.5) / total for n in prior["foreground_per_class"].values()])
+
+
+def test_gradient_clipping_is_logged_and_acts(tiny_dataset_overrides, tmp_path):
+    """With SOLVER.CLIP_GRAD_NORM on, each record carries the pre-clip norm and the fraction of steps clipped; a
+    clip far below the norm changes the second step, one far above it changes nothing."""
+    opts = {**tiny_dataset_overrides, "MODEL.SAMPLING_FREE_ON": True, "SOLVER.MAX_ITER": 2, "SOLVER.LOG_PERIOD": 1}
+    config = ["--config-file", str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml")]
+    runs = {}
+    for clip in (1e-3, 1e9, 0.0):
+        out = tmp_path / str(clip)
+        assert main(["train", "--skip-test", *config, *_args({**opts, "SOLVER.CLIP_GRAD_NORM": clip,
+                                                             "OUTPUT_DIR": str(out)})]) == 0
+        runs[clip] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tight, loose, off = runs[1e-3], runs[1e9], runs[0.0]
+    assert [r["grad_clipped"] for r in tight] == [1.0, 1.0] and [r["grad_clipped"] for r in loose] == [0.0, 0.0]
+    assert tight[0]["grad_norm"] == pytest.approx(loose[0]["grad_norm"]) and tight[0]["grad_norm"] > 1e-3
+    assert "grad_norm" not in off[0]
+    assert loose[1]["loss"] == pytest.approx(off[1]["loss"], rel=1e-6)
+    assert tight[1]["loss"] != pytest.approx(off[1]["loss"], rel=1e-3)

@@ -275,7 +275,8 @@ SCHEMA: dict = {
         "IMS_PER_BATCH": _i(16, "Images per iteration (global batch)."),
         "CHECKPOINT_PERIOD": _i(5000, "Write a checkpoint every this many iterations."),
         "LOG_PERIOD": _i(20, "Write a metrics.jsonl record every this many iterations."),
-        "CLIP_GRAD_NORM": _f(0.0, "Clip the gradient's global norm to this value (0: off)."),
+        "CLIP_GRAD_NORM": _f(0.0, "Clip the gradient's global norm to this value (0: off). When on, metrics.jsonl logs "
+                                 "grad_norm (before clipping) and grad_clipped (the fraction of steps clipped)."),
         "AMP": _s("", "Mixed precision on CUDA: bf16, or fp16 (with a gradient scaler). Empty: float32.",
                   choices=("", "bf16", "fp16")),
     },

@@ -205,9 +205,11 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
                             f"SOLVER.CLIP_GRAD_NORM)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
-                if s.CLIP_GRAD_NORM > 0:
+                step_stats = {}
+                if s.CLIP_GRAD_NORM > 0:  # log the norm before clipping, and how often it was clipped
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM)
+                    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM))
+                    step_stats = {"grad_norm": norm, "grad_clipped": float(norm > s.CLIP_GRAD_NORM)}
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -215,7 +217,7 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
                 bar.update(1)
                 if dist.is_distributed():  # log the whole batch's losses, not this process's share
                     losses = dict(zip(losses, dist.mean_over_ranks(torch.stack([v.detach() for v in losses.values()]))))
-                record = metrics.add(done, losses, getattr(model, "training_stats", {}),
+                record = metrics.add(done, losses, {**getattr(model, "training_stats", {}), **step_stats},
                                      lr=optimizer.param_groups[0]["lr"], last=done == s.MAX_ITER,
                                      period=s.LOG_PERIOD, max_iter=s.MAX_ITER)
                 if record:
