@@ -14,14 +14,16 @@ import json
 import statistics
 from pathlib import Path
 
+from sampling_free.compare import final_metrics
+
 
 def per_class_runs(variant_dir: Path) -> dict[int, dict[str, float]]:
     """{seed: {class: AP}} for every finished seed."""
     runs = {}
     for seed_dir in sorted(variant_dir.glob("seed*")):
-        found = sorted(seed_dir.glob("inference/*/model_final/metrics.json"))
-        if found:
-            runs[int(seed_dir.name[4:])] = json.loads(found[0].read_text())["bbox_per_class"]
+        metrics = final_metrics(seed_dir)
+        if metrics is not None:
+            runs[int(seed_dir.name[4:])] = metrics["bbox_per_class"]
     if not runs:
         raise SystemExit(f"{variant_dir}: no seed*/inference/*/model_final/metrics.json (not a finished compare variant)")
     return runs
@@ -49,8 +51,8 @@ def main() -> None:
     labelled = [v.split("=", 1) if "=" in v else (Path(v).name, v) for v in args.variants]
     runs = {label: per_class_runs(Path(d)) for label, d in labelled}
     counts = anchor_counts([Path(d) for _, d in labelled])
-    classes = list(next(iter(runs.values()))[min(next(iter(runs.values())))])
-    classes.sort(key=lambda c: counts.get(c, 0.0))
+    first = next(iter(runs.values()))
+    classes = sorted(first[min(first)], key=lambda c: counts.get(c, 0.0))
     header = ["class", "fg anchors (train)"] + [f"{label} ({len(r)} seeds)" for label, r in runs.items()]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for c in classes:

@@ -33,7 +33,8 @@ VARIANTS = {
 }
 
 
-def _final_metrics(run_dir: Path) -> dict | None:
+def final_metrics(run_dir: Path) -> dict | None:
+    """A finished run's final metrics.json (its model_final evaluation), or None while it is unfinished."""
     found = sorted(run_dir.glob("inference/*/model_final/metrics.json"))
     return json.loads(found[0].read_text()) if found else None
 
@@ -42,7 +43,7 @@ def run_one(config_file, opts, values: dict, run_dir: Path) -> dict:
     """Metrics of one (variant, seed); trains unless a finished result is already there."""
     from .engine.trainer import train
 
-    done = _final_metrics(run_dir)
+    done = final_metrics(run_dir)
     if done is not None:
         logger.info("compare: %s already done", run_dir)
         return done
@@ -53,7 +54,7 @@ def run_one(config_file, opts, values: dict, run_dir: Path) -> dict:
         logger.warning("compare: %s diverged: %s", run_dir, exc)
         (run_dir / "diverged.txt").write_text(str(exc))
         return {"diverged": str(exc)}
-    return _final_metrics(run_dir)
+    return final_metrics(run_dir)
 
 
 def summarise(results: dict[str, dict[int, dict]]) -> dict:
