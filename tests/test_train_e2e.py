@@ -132,3 +132,39 @@ def test_gradient_clipping_is_logged_and_acts(tiny_dataset_overrides, tmp_path):
     assert "grad_norm" not in off[0]
     assert loose[1]["loss"] == pytest.approx(off[1]["loss"], rel=1e-6)
     assert tight[1]["loss"] != pytest.approx(off[1]["loss"], rel=1e-3)
+
+
+def test_sampling_free_clip_leaves_the_baseline_alone(tiny_dataset_overrides, tmp_path):
+    """MODEL.SAMPLING_FREE.CLIP_GRAD_NORM clips the run whose guided loss is on and no other: the heuristic run's
+    losses equal an unclipped run's; SOLVER.CLIP_GRAD_NORM, when set, wins."""
+    opts = {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 2, "SOLVER.LOG_PERIOD": 1}
+    config = ["--config-file", str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml")]
+
+    def run(name, **overrides):
+        out = tmp_path / name
+        assert main(["train", "--skip-test", *config, *_args({**opts, **overrides, "OUTPUT_DIR": str(out)})]) == 0
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    free = run("free", **{"MODEL.SAMPLING_FREE_ON": True, "MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": 1e-3})
+    assert [r["grad_clipped"] for r in free] == [1.0, 1.0]
+    baseline = run("baseline", **{"MODEL.SAMPLING_FREE_ON": False, "MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": 1e-3})
+    plain = run("plain", **{"MODEL.SAMPLING_FREE_ON": False})
+    assert "grad_norm" not in baseline[0]
+    assert baseline[1]["loss"] == pytest.approx(plain[1]["loss"], rel=1e-6)
+    solver_wins = run("solver", **{"MODEL.SAMPLING_FREE_ON": True, "MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": 1e-3,
+                                   "SOLVER.CLIP_GRAD_NORM": 1e9})
+    assert [r["grad_clipped"] for r in solver_wins] == [0.0, 0.0]
+
+
+def test_non_finite_loss_stops_the_run_with_an_error(tiny_dataset_overrides, tmp_path, capsys):
+    """A learning rate that blows the weights up ends the command with status 2 and a message naming the loss and
+    the remedies, before the bad update reaches a checkpoint."""
+    out = tmp_path / "blowup"
+    opts = {**tiny_dataset_overrides, "MODEL.SAMPLING_FREE_ON": True, "SOLVER.MAX_ITER": 6, "SOLVER.WARMUP_ITERS": 0,
+            "SOLVER.BASE_LR": 1e12, "SOLVER.CHECKPOINT_PERIOD": 1, "OUTPUT_DIR": str(out)}
+    status = main(["train", "--skip-test", "--config-file", str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml"),
+                   *_args(opts)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "training stopped before the update" in err and "MODEL.SAMPLING_FREE.CLIP_GRAD_NORM" in err
+    assert not (out / "model_final.pth").exists()

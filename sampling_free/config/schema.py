@@ -91,6 +91,11 @@ SCHEMA: dict = {
             "LEARNED_LOSS_WEIGHTS": _b(False, "With GUIDED_LOSS: every loss term L_i weighted by a learned sigma_i as "
                                        "L_i / (2 sigma_i^2), plus sum log sigma_i (the journal code's uncertainty "
                                        "weighting)."),
+            "CLIP_GRAD_NORM": _f(0.0, "Clip the gradient's global norm to this value in runs whose guided loss is on "
+                                 "(R-CNNs: the RoI heads'), leaving the heuristic baseline untouched (0: off). "
+                                 "SOLVER.CLIP_GRAD_NORM, when set, applies to every run instead. The R-CNN box head's "
+                                 "guided gradient, scale * L_reg * grad log L_cls, can blow up in the LR warm-up "
+                                 "(docs/results.md); the Faster/Mask R-CNN quickstarts set 5.0."),
             "PRIOR_IMAGES": _i(0, "Estimate pi on this many training images, a fixed random subset, with a jackknife "
                                "standard error in prior.json (0: every image, exact). pi is a ratio of sums over "
                                "images, so a sample pins it closely in a fraction of the time (docs/results.md)."),

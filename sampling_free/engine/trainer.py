@@ -108,6 +108,15 @@ class _StopRequest:
         return bool(dist.mean_over_ranks(torch.tensor([float(self.signum)], device=device)) > 0)
 
 
+def gradient_clip(cfg: CfgNode, switches) -> float:
+    """The gradient-norm clip of this run (0: none): ``SOLVER.CLIP_GRAD_NORM`` for every run, else
+    ``MODEL.SAMPLING_FREE.CLIP_GRAD_NORM`` when the guided loss is on -- a guard for the sampling-free run that
+    leaves the heuristic it is compared with as it was."""
+    if cfg.SOLVER.CLIP_GRAD_NORM > 0:
+        return cfg.SOLVER.CLIP_GRAD_NORM
+    return cfg.MODEL.SAMPLING_FREE.CLIP_GRAD_NORM if switches.guided_loss else 0.0
+
+
 def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True) -> dict:
     device = resolve_device(cfg.MODEL.DEVICE)
     device = dist.init_from_environment(device.type) or device
@@ -171,6 +180,9 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
 def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, device, out_dir, start_iter,
                 checkpoint_state):
     s = cfg.SOLVER
+    clip = gradient_clip(cfg, model.switches)
+    if clip > 0:
+        logger.info("gradient norm clipped at %g", clip)
     loader = build_train_loader(cfg, datasets, start_iter=start_iter, rank=dist.rank(),
                                 world_size=dist.world_size())
     ddp = torch.nn.parallel.DistributedDataParallel(
@@ -201,15 +213,16 @@ def _train_loop(cfg, model, optimizer, scheduler, scaler, amp_dtype, datasets, d
                     if not math.isfinite(float(value.detach())):
                         raise FloatingPointError(
                             f"iteration {iteration + 1}: {name} is {float(value.detach())}; training stopped before the "
-                            f"update. The last good checkpoint in {out_dir} is intact (lower SOLVER.BASE_LR or set "
-                            f"SOLVER.CLIP_GRAD_NORM)")
+                            f"update. The last good checkpoint in {out_dir} is intact (lower SOLVER.BASE_LR, or clip "
+                            f"the gradient: SOLVER.CLIP_GRAD_NORM, or MODEL.SAMPLING_FREE.CLIP_GRAD_NORM for "
+                            f"sampling-free runs alone)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 step_stats = {}
-                if s.CLIP_GRAD_NORM > 0:  # log the norm before clipping, and how often it was clipped
+                if clip > 0:  # log the norm before clipping, and how often it was clipped
                     scaler.unscale_(optimizer)
-                    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM))
-                    step_stats = {"grad_norm": norm, "grad_clipped": float(norm > s.CLIP_GRAD_NORM)}
+                    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+                    step_stats = {"grad_norm": norm, "grad_clipped": float(norm > clip)}
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
