@@ -209,7 +209,9 @@ SCHEMA: dict = {
                                       "and so (by guided scaling) the objectness loss too. 'positives': 8 x the "
                                       "positives (0.5 x the mean over their coordinates; the original). 'images': "
                                       "images x BATCH_SIZE_PER_IMAGE (the samplers' normaliser): both RPN losses "
-                                      "then grow with the objects per image, as the baseline's do.",
+                                      "then grow with the objects per image, as the baseline's do. For dense scenes "
+                                      "only: with a few objects per image the objectness never learns (quickstart: "
+                                      "AP 56 against 68, docs/results.md).",
                                       choices=("positives", "images")),
         },
         "ROI_HEADS": {
