@@ -116,6 +116,34 @@ def test_rpn_loss_normalisations_by_hand():
     assert loss_obj.item() == pytest.approx(loss_reg.item(), rel=1e-5)
 
 
+def test_rpn_objectness_mean_per_level_by_hand():
+    """OBJECTNESS_NORMALIZER levels: the BCE is a mean within each level, then over the levels; its gradient on one
+    anchor of a level holding few anchors is larger than on one of a crowded level by their ratio of counts."""
+    objectness = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, 0.0], requires_grad=True)
+    labels = [torch.tensor([1.0, 0.0, -1.0, 0.0, 1.0, 0.0])]
+    levels = torch.tensor([0, 0, 0, 0, 1, 1])  # level 0: used anchors 0, 1, 3; level 1: anchors 4, 5
+    deltas, targets = torch.zeros(6, 4), [torch.zeros(6, 4)]
+    rpn = model_for(True, **{"MODEL.RPN.OBJECTNESS_NORMALIZER": "levels",
+                             "MODEL.SAMPLING_FREE.GUIDED_LOSS": False}).rpn
+
+    def bce(k):
+        x = objectness[k].item()
+        return math.log1p(math.exp(-x)) if labels[0][k] == 1 else math.log1p(math.exp(x))
+
+    loss_obj, _ = rpn.loss(objectness, deltas, labels, targets, levels)
+    expected = ((bce(0) + bce(1) + bce(3)) / 3 + (bce(4) + bce(5)) / 2) / 2
+    assert loss_obj.item() == pytest.approx(expected, rel=1e-6)
+    loss_obj.backward()
+    p5 = torch.sigmoid(objectness[5]).item()  # d bce / d logit = p - y; anchor 5 (level 1) and 1 (level 0), y = 0
+    p1 = torch.sigmoid(objectness[1]).item()
+    assert objectness.grad[5].item() == pytest.approx(p5 / (2 * 2), rel=1e-6)
+    assert objectness.grad[1].item() == pytest.approx(p1 / (2 * 3), rel=1e-6)
+    assert objectness.grad[2].item() == 0  # ignored anchor
+    images, batch_targets = batch()  # and through the whole RPN: every level present, a finite loss
+    whole = model_for(True, **{"MODEL.RPN.OBJECTNESS_NORMALIZER": "levels"})
+    assert all(torch.isfinite(v) for v in whole(images, batch_targets).values())
+
+
 def test_box_head_loss_normalisations_by_hand():
     heads = {free: model_for(free).roi_heads for free in (True, False)}
     logits = torch.tensor([[2.0, 0.1, -1.0, 0.3], [0.0, 1.0, 0.5, -0.5], [1.0, 1.0, 1.0, 1.0]])

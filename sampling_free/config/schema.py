@@ -213,6 +213,12 @@ SCHEMA: dict = {
                                       "only: with a few objects per image the objectness never learns (quickstart: "
                                       "AP 56 against 68, docs/results.md).",
                                       choices=("positives", "images")),
+            "OBJECTNESS_NORMALIZER": _s("anchors", "Sampling-free RPN: 'anchors': the objectness BCE is one mean "
+                                        "over every anchor used (the original); 'levels': a mean per pyramid level, "
+                                        "averaged over the levels, so the coarse levels (a fraction of a percent of "
+                                        "the anchors, the large objects) get an equal share of the gradient. Not the "
+                                        "original's; an experiment (docs/results.md).",
+                                        choices=("anchors", "levels")),
         },
         "ROI_HEADS": {
             "FG_IOU_THRESHOLD": _f(0.5, "Proposals with IoU >= this are foreground."),

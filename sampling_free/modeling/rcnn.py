@@ -8,7 +8,8 @@ RPN (``SamplingFreeRPN``):
 * sampling-free: **every** anchor with label >= 0 enters the objectness BCE; box loss = 0.5 * mean smooth-L1 over
   the 4 * P coordinates of the positives (or, with ``MODEL.RPN.BOX_LOSS_NORMALIZER images``, the smooth-L1 sum over
   images x 256, the baseline's normaliser); objectness loss guided-scaled to it (x ``MODEL.RPN.CLASSIFICATION_SCALE``);
-  objectness bias from π of the RPN's own matcher (class-agnostic, C = 1).
+  objectness bias from π of the RPN's own matcher (class-agnostic, C = 1). With ``MODEL.RPN.OBJECTNESS_NORMALIZER
+  levels`` the objectness BCE is a mean per pyramid level, averaged over the levels (not the original's).
 * both: anchors crossing the image border by more than ``MODEL.RPN.STRADDLE_THRESH`` are ignored (-1 keeps all).
 
 RoI box head (``SamplingFreeRoIHeads``):
@@ -57,11 +58,14 @@ def init_box_predictor(predictor: nn.Module) -> None:
 
 class SamplingFreeRPN(RegionProposalNetwork):
     def __init__(self, *, switches: Switches, rpn_scale: float, straddle_thresh: float, smooth_l1_beta: float,
-                 box_loss_normalizer: str = "positives", **kwargs):
+                 box_loss_normalizer: str = "positives", objectness_normalizer: str = "anchors", **kwargs):
         super().__init__(**kwargs)
         if box_loss_normalizer not in ("positives", "images"):
             raise ValueError(f"RPN box loss normalizer {box_loss_normalizer!r}: expected 'positives' or 'images'")
+        if objectness_normalizer not in ("anchors", "levels"):
+            raise ValueError(f"RPN objectness normalizer {objectness_normalizer!r}: expected 'anchors' or 'levels'")
         self.switches, self.rpn_scale, self.box_loss_normalizer = switches, rpn_scale, box_loss_normalizer
+        self.objectness_normalizer = objectness_normalizer
         self.straddle_thresh, self.smooth_l1_beta = straddle_thresh, smooth_l1_beta
         self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
@@ -83,7 +87,7 @@ class SamplingFreeRPN(RegionProposalNetwork):
             matched_boxes.append(matched)
         return labels, matched_boxes
 
-    def loss(self, objectness, deltas, labels_per_image, regression_targets):
+    def loss(self, objectness, deltas, labels_per_image, regression_targets, level_of_anchor=None):
         labels, regression_targets = torch.cat(labels_per_image), torch.cat(regression_targets)
         objectness = objectness.flatten()
         if self.switches.no_heuristic:
@@ -93,7 +97,10 @@ class SamplingFreeRPN(RegionProposalNetwork):
             used = torch.where(torch.cat(pos) | torch.cat(neg))[0]
         positive = used[labels[used] == 1]
         num_used, num_pos = average_count(used.numel()), average_count(positive.numel())  # over processes
-        loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used], reduction="sum") / num_used
+        if self.switches.no_heuristic and self.objectness_normalizer == "levels":
+            loss_obj = objectness_mean_per_level(objectness[used], labels[used], level_of_anchor[used])
+        else:
+            loss_obj = F.binary_cross_entropy_with_logits(objectness[used], labels[used], reduction="sum") / num_used
         loss_reg = F.smooth_l1_loss(deltas[positive], regression_targets[positive], beta=self.smooth_l1_beta,
                                     reduction="sum")  # 0, still connected, without positives
         if not self.switches.no_heuristic:
@@ -119,9 +126,24 @@ class SamplingFreeRPN(RegionProposalNetwork):
         if self.training:
             labels, matched = self.assign(anchors, targets, images.image_sizes)
             regression_targets = self.box_coder.encode(matched, anchors)
-            loss_obj, loss_reg = self.loss(objectness, deltas, labels, regression_targets)
+            level_of_anchor = torch.cat([torch.full((n,), level, device=objectness.device)
+                                         for level, n in enumerate(num_anchors_per_level)]).repeat(len(anchors))
+            loss_obj, loss_reg = self.loss(objectness, deltas, labels, regression_targets, level_of_anchor)
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
         return boxes, losses
+
+
+def objectness_mean_per_level(logits: torch.Tensor, labels: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """BCE averaged within each pyramid level, then over the levels present: each level gets an equal share of the
+    objectness gradient. In one mean over every anchor the coarsest level (0.1 % of the anchors, the largest
+    objects) gets almost none, and a sampling-free RPN stops telling its objects from background there
+    (docs/results.md)."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    num_levels = int(levels.max()) + 1 if levels.numel() else 1
+    sums = torch.zeros(num_levels, dtype=bce.dtype, device=bce.device).index_add(0, levels, bce)
+    counts = torch.stack([torch.tensor(average_count((levels == k).sum().item())) for k in range(num_levels)])
+    present = torch.bincount(levels, minlength=num_levels) > 0
+    return (sums / counts.to(sums))[present].sum() / max(1, int(present.sum()))
 
 
 def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, switches: Switches, beta: float,
@@ -277,7 +299,8 @@ def build_backbone_and_rpn(cfg, switches: Switches):
     r = m.RPN
     rpn = SamplingFreeRPN(
         switches=switches, rpn_scale=r.CLASSIFICATION_SCALE, straddle_thresh=r.STRADDLE_THRESH,
-        smooth_l1_beta=r.SMOOTH_L1_BETA, box_loss_normalizer=r.BOX_LOSS_NORMALIZER, anchor_generator=anchor_generator,
+        smooth_l1_beta=r.SMOOTH_L1_BETA, box_loss_normalizer=r.BOX_LOSS_NORMALIZER,
+        objectness_normalizer=r.OBJECTNESS_NORMALIZER, anchor_generator=anchor_generator,
         head=RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
         fg_iou_thresh=r.FG_IOU_THRESHOLD, bg_iou_thresh=r.BG_IOU_THRESHOLD,
         batch_size_per_image=r.BATCH_SIZE_PER_IMAGE, positive_fraction=r.POSITIVE_FRACTION,
