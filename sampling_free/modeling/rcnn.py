@@ -126,8 +126,10 @@ class SamplingFreeRPN(RegionProposalNetwork):
         if self.training:
             labels, matched = self.assign(anchors, targets, images.image_sizes)
             regression_targets = self.box_coder.encode(matched, anchors)
-            level_of_anchor = torch.cat([torch.full((n,), level, device=objectness.device)
-                                         for level, n in enumerate(num_anchors_per_level)]).repeat(len(anchors))
+            level_of_anchor = None  # only the per-level objectness mean needs it
+            if self.switches.no_heuristic and self.objectness_normalizer == "levels":
+                level_of_anchor = torch.cat([torch.full((n,), level, device=objectness.device)
+                                             for level, n in enumerate(num_anchors_per_level)]).repeat(len(anchors))
             loss_obj, loss_reg = self.loss(objectness, deltas, labels, regression_targets, level_of_anchor)
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
         return boxes, losses
@@ -141,9 +143,10 @@ def objectness_mean_per_level(logits: torch.Tensor, labels: torch.Tensor, levels
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
     num_levels = int(levels.max()) + 1 if levels.numel() else 1
     sums = torch.zeros(num_levels, dtype=bce.dtype, device=bce.device).index_add(0, levels, bce)
-    counts = torch.stack([torch.tensor(average_count((levels == k).sum().item())) for k in range(num_levels)])
-    present = torch.bincount(levels, minlength=num_levels) > 0
-    return (sums / counts.to(sums))[present].sum() / max(1, int(present.sum()))
+    local = torch.bincount(levels, minlength=num_levels)
+    counts = sums.new_tensor([average_count(n) for n in local.tolist()])  # over processes, as num_used
+    present = local > 0
+    return (sums / counts)[present].sum() / max(1, int(present.sum()))
 
 
 def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, switches: Switches, beta: float,
