@@ -24,28 +24,45 @@ def anchors():
     return gen(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), [torch.zeros(1, 1, 4, 4)])
 
 
-def make_loss(no_heuristic, guided=False, scale=1.0):
-    return RetinaNetLoss(switches=Switches(no_heuristic, False, guided, False, scale),
+def make_loss(no_heuristic, guided=False, scale=1.0, iou_target=False):
+    return RetinaNetLoss(switches=Switches(no_heuristic, False, guided, False, scale, iou_target=iou_target),
                          matcher=det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True),
                          box_coder=det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)),
                          focal_alpha=0.25, focal_gamma=2.0, smooth_l1_beta=0.11)
 
 
-def hand_losses(logits, deltas, focal):
+def hand_decoded_iou(anchor, delta, box):
+    """IoU of the box the coder (10, 10, 5, 5) decodes from ``delta`` on ``anchor`` with ``box``, written out."""
+    ax1, ay1, ax2, ay2 = anchor
+    aw, ah = ax2 - ax1, ay2 - ay1
+    cx, cy = ax1 + aw / 2 + delta[0] / 10 * aw, ay1 + ah / 2 + delta[1] / 10 * ah
+    w, h = aw * math.exp(delta[2] / 5), ah * math.exp(delta[3] / 5)
+    px1, py1, px2, py2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    gx1, gy1, gx2, gy2 = box
+    inter = max(0.0, min(px2, gx2) - max(px1, gx1)) * max(0.0, min(py2, gy2) - max(py1, gy1))
+    return inter / (w * h + (gx2 - gx1) * (gy2 - gy1) - inter)
+
+
+def hand_losses(logits, deltas, focal, iou_target=False):
     cls = 0.0
+    anchor_boxes = anchors()[0]
     for a in range(16):
         if a == IGNORED:
             continue
         for c in range(3):
             y = 1.0 if FOREGROUND.get(a) == c else 0.0
             p = 1 / (1 + math.exp(-logits[a, c].item()))
+            if iou_target:  # soft target on the positives: full BCE
+                if y:
+                    y = hand_decoded_iou(anchor_boxes[a].tolist(), deltas[a].tolist(), BOXES[c].tolist())
+                cls += -(y * math.log(p) + (1 - y) * math.log(1 - p))
+                continue
             p_t = p if y else 1 - p
             term = -math.log(p_t)
             if focal:
                 term *= (0.25 if y else 0.75) * (1 - p_t) ** 2
             cls += term
     cls /= 3 + 1  # positives + images
-    anchor_boxes = anchors()[0]
     reg = 0.0
     for a, c in FOREGROUND.items():
         ax1, ay1, ax2, ay2 = anchor_boxes[a].tolist()
@@ -67,6 +84,34 @@ def test_losses_match_hand_computation(no_heuristic):
     cls, reg = hand_losses(logits, deltas, focal=not no_heuristic)
     assert out["loss_retina_cls"].item() == pytest.approx(cls, rel=1e-5)
     assert out["loss_retina_reg"].item() == pytest.approx(reg, rel=1e-5)
+
+
+def test_iou_target_replaces_the_positive_label_by_the_predicted_box_iou():
+    torch.manual_seed(0)
+    logits, deltas = (torch.randn(16, 3) * 2 - 3).requires_grad_(), (torch.randn(16, 4) * 0.5).requires_grad_()
+    out = make_loss(True, iou_target=True)([{"boxes": BOXES, "labels": LABELS}],
+                                           {"cls_logits": logits[None], "bbox_regression": deltas[None]}, anchors())
+    cls, reg = hand_losses(logits.detach(), deltas.detach(), focal=False, iou_target=True)
+    ious = [hand_decoded_iou(anchors()[0][a].tolist(), deltas[a].tolist(), BOXES[c].tolist())
+            for a, c in FOREGROUND.items()]
+    assert all(0.05 < v < 0.95 for v in ious)  # the targets really are soft, so the test can tell them from 1
+    assert out["loss_retina_cls"].item() == pytest.approx(cls, rel=1e-5)
+    hard_labels = hand_losses(logits.detach(), deltas.detach(), focal=False)[0]
+    assert out["loss_retina_cls"].item() != pytest.approx(hard_labels, rel=1e-3)
+    assert out["loss_retina_reg"].item() == pytest.approx(reg, rel=1e-5)
+    out["loss_retina_cls"].backward()  # the target carries no gradient into the box branch
+    assert deltas.grad is None or not deltas.grad.any()
+
+
+def test_iou_target_needs_bce_and_retinanet():
+    base = {"MODEL.BACKBONE.NAME": "resnet18", "MODEL.BACKBONE.WEIGHTS": "", "MODEL.FPN.OUT_CHANNELS": 32,
+            "MODEL.RETINANET.NUM_CONVS": 1, "MODEL.SAMPLING_FREE.IOU_TARGET": True}
+    free = build_model(load_config(values={**base, "MODEL.META_ARCHITECTURE": "RetinaNet",
+                                           "MODEL.SAMPLING_FREE_ON": True}), 3)
+    focal = build_model(load_config(values={**base, "MODEL.META_ARCHITECTURE": "RetinaNet"}), 3)
+    assert free.loss.switches.iou_target and not focal.loss.switches.iou_target  # focal loss keeps hard labels
+    with pytest.raises(ValueError, match="IOU_TARGET is implemented for RetinaNet only, not FCOS"):
+        build_model(load_config(values={**base, "MODEL.META_ARCHITECTURE": "FCOS", "MODEL.SAMPLING_FREE_ON": True}), 3)
 
 
 def test_ignored_anchors_do_not_enter_the_bce():

@@ -85,6 +85,10 @@ SCHEMA: dict = {
                       "or the reverse.", nullable=True),
             "ROI_HEADS": _b(None, "R-CNNs: SAMPLING_FREE_ON for the RoI heads alone. null: follow SAMPLING_FREE_ON.",
                             nullable=True),
+            "IOU_TARGET": _b(False, "RetinaNet with plain BCE (NO_HEURISTIC): a positive anchor's target for its class is "
+                             "the IoU of its predicted box with its object (no gradient through it), not 1, so scores "
+                             "rank localisation and stop saturating near 1 (GFL's quality target without the focal "
+                             "term). Beyond the paper; an experiment (docs/results.md)."),
             "PER_CLASS_PRIOR": _b(False, "One-stage detectors: a prior per class, pi_c = N_fg,c / (N_fg + N_bg), for "
                                   "each class's bias and test threshold (C * pi_c), instead of one pi shared by all "
                                   "classes. Beyond the paper: for long-tailed data."),

@@ -18,6 +18,8 @@ __all__ = ["build_model", "CascadeRoIHeads", "SamplingFreeFCOS", "SamplingFreeRC
 def build_model(cfg, num_classes: int) -> nn.Module:
     """The detector named by ``MODEL.META_ARCHITECTURE``, randomly initialised apart from backbone weights."""
     arch = cfg.MODEL.META_ARCHITECTURE
+    if cfg.MODEL.SAMPLING_FREE.IOU_TARGET and arch != "RetinaNet":
+        raise ValueError(f"MODEL.SAMPLING_FREE.IOU_TARGET is implemented for RetinaNet only, not {arch}")
     if arch == "RetinaNet":
         return build_retinanet(cfg, num_classes)
     if arch == "FCOS":

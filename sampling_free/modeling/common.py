@@ -70,6 +70,7 @@ class Switches:
     guided_warmup_iters: int = 0  # journal version: the guided ratio frozen after this many steps (0: never)
     learned_loss_weights: bool = False  # journal version: every loss weighted by a learned σ (with guided_loss)
     per_class_prior: bool = False  # one-stage: a π per class for the bias and the test threshold
+    iou_target: bool = False  # RetinaNet with BCE: a positive's target is its predicted box's IoU, not 1
 
     @property
     def needs_prior(self) -> bool:
@@ -90,11 +91,11 @@ def resolve_switches(cfg, *, default_scale: float, stage_on: bool | None = None)
         return on if value is None else value
 
     scale = cfg.MODEL.CLASSIFICATION_SCALE
-    guided_on = pick(sf.GUIDED_LOSS)
-    return Switches(pick(sf.NO_HEURISTIC), pick(sf.BIAS_INIT), guided_on, pick(sf.ADAPTIVE_THRESHOLD),
+    guided_on, bce = pick(sf.GUIDED_LOSS), pick(sf.NO_HEURISTIC)
+    return Switches(bce, pick(sf.BIAS_INIT), guided_on, pick(sf.ADAPTIVE_THRESHOLD),
                     default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO,
                     sf.GUIDED_WARMUP_ITERS if guided_on else 0, bool(sf.LEARNED_LOSS_WEIGHTS and guided_on),
-                    sf.PER_CLASS_PRIOR)
+                    sf.PER_CLASS_PRIOR, bool(sf.IOU_TARGET and bce))
 
 
 def frozen_ratio(switches: Switches) -> FrozenGuidedRatio | None:

@@ -22,7 +22,8 @@ Two loss conventions, the same sampling-free change in both:
 Departure from the original (spec bug B3): anchors in the ignore band [BG_IOU, FG_IOU) are left out of the BCE
 too, as they are of the focal loss and of the prior count. Options of the original's journal code: the guided
 ratio frozen after a warm-up, learned loss weights (``MODEL.SAMPLING_FREE.GUIDED_WARMUP_ITERS``,
-``LEARNED_LOSS_WEIGHTS``; ``mechanism.py``).
+``LEARNED_LOSS_WEIGHTS``; ``mechanism.py``). Beyond the paper, an experiment: ``IOU_TARGET``, the BCE target of a
+positive is its predicted box's IoU instead of 1 (``positive_targets``).
 """
 from __future__ import annotations
 
@@ -87,10 +88,11 @@ class RetinaNetLoss(nn.Module):
         for t, m, logits, deltas, a in zip(targets, matched, cls_logits, box_deltas, anchors):
             fg = torch.where(m >= 0)[0]
             labels = torch.zeros_like(logits)
-            labels[fg, t["labels"][m[fg]] - self.label_offset] = 1.0
+            gt_boxes = t["boxes"][m[fg]]
+            labels[fg, t["labels"][m[fg]] - self.label_offset] = self.positive_targets(gt_boxes, deltas[fg], a[fg])
             valid = m != det_utils.Matcher.BETWEEN_THRESHOLDS
             per_image.append((self.classification(logits[valid], labels[valid]),
-                              self.box_loss(t["boxes"][m[fg]], deltas[fg], a[fg]), len(fg)))
+                              self.box_loss(gt_boxes, deltas[fg], a[fg]), len(fg)))
         if self.style == "original":
             # normalisers averaged over processes (every rank calls this): N processes train as one big batch
             loss_cls = sum(c for c, _, _ in per_image) / average_count(num_pos + len(targets))
@@ -107,6 +109,14 @@ class RetinaNetLoss(nn.Module):
             self.last_stats["guided_ratio"] = float(loss_cls.detach() / max(self.last_stats["cls_unscaled"], 1e-12))
         return dict(zip(LOSS_NAMES[self.style], (loss_cls, loss_reg)))
 
+    def positive_targets(self, boxes, deltas, anchors) -> torch.Tensor | float:
+        """1 for every positive; with ``iou_target``, the IoU of each positive's predicted box with its object,
+        without gradient: a score then says how well the box fits, and BCE stops pushing it towards 1."""
+        if not self.switches.iou_target:
+            return 1.0
+        predicted = self.box_coder.decode_single(deltas.detach(), anchors)
+        return paired_iou(predicted, boxes).to(deltas.dtype)
+
     def box_loss(self, boxes, deltas, anchors) -> torch.Tensor:
         """Summed over one image's positives: smooth-L1 on encoded deltas (the original), or torchvision's
         ``_box_loss`` of its type (l1, smooth_l1, giou, diou, ciou)."""
@@ -115,6 +125,13 @@ class RetinaNetLoss(nn.Module):
                                     reduction="sum")
         return det_utils._box_loss(self.box_loss_type, self.box_coder, anchors, boxes, deltas,
                                    {"beta": self.smooth_l1_beta})
+
+
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i] for every i (``box_ops.box_iou`` would build the whole n x n matrix)."""
+    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    return inter / (box_ops.box_area(a) + box_ops.box_area(b) - inter).clamp(min=1e-9)
 
 
 class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
