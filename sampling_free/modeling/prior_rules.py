@@ -309,7 +309,7 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
             first = (torch.cumsum(counts, 0) - counts)[pass_of[redo]]
             n = counts[pass_of[redo]]
             pair, box = _enumerate(first, first + n - 1)  # every box of each anchor's image
-            iou = _paired_iou(anchor_box[pair], boxes[box])
+            iou = paired_iou(anchor_box[pair], boxes[box])
             top = torch.zeros(len(redo)).scatter_reduce(0, pair, iou, reduce="amax", include_self=False)
             tie = iou == top[pair]
             arg[redo] = torch.full((len(redo),), len(boxes), dtype=torch.int64).scatter_reduce(
@@ -325,11 +325,12 @@ def count_images(counter, passes, *, low: float, high: float, allow_low_quality:
     return fg.reshape(len(passes), num_classes).numpy(), ((valid - per_pass) * weights).numpy()
 
 
-def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i] for every i (``box_iou`` would build the whole n x n matrix)."""
     lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
     inter = (rb - lt).clamp(min=0).prod(1)
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
 
 
 def _inside(anchor, size, straddle):

@@ -43,7 +43,7 @@ from .backbone import backbone_from_config
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, guided, \
     loss_weights, resolve_switches, weigh
 from .one_stage import OneStagePrior, select_detections
-from .prior_rules import AnchorPriorCounter
+from .prior_rules import AnchorPriorCounter, paired_iou
 
 # loss names: ours, and torchvision's (a converted model keeps its contract)
 LOSS_NAMES = {"original": ("loss_retina_cls", "loss_retina_reg"), "torchvision": ("classification", "bbox_regression")}
@@ -125,13 +125,6 @@ class RetinaNetLoss(nn.Module):
                                     reduction="sum")
         return det_utils._box_loss(self.box_loss_type, self.box_coder, anchors, boxes, deltas,
                                    {"beta": self.smooth_l1_beta})
-
-
-def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of a[i] with b[i] for every i (``box_ops.box_iou`` would build the whole n x n matrix)."""
-    lt, rb = torch.max(a[:, :2], b[:, :2]), torch.min(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    return inter / (box_ops.box_area(a) + box_ops.box_area(b) - inter).clamp(min=1e-9)
 
 
 class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
