@@ -42,9 +42,9 @@ def cmd_train(args) -> int:
 
 def _split_trailing_overrides(values: list[str], opts: list[str]) -> tuple[list[str], list[str]]:
     """``--weights a.pth b.pth SOLVER.X 1``: argparse gives all four to --weights; the first config key (an
-    upper-case dotted name) starts the overrides."""
+    upper-case dotted name, or compare's variant:KEY) starts the overrides."""
     for i, v in enumerate(values):
-        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*", v):
+        if re.fullmatch(r"([a-z_]+:)?[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)*", v):
             return values[:i], values[i:] + list(opts)
     return values, list(opts)
 
@@ -98,7 +98,7 @@ def cmd_data(args) -> int:
 
     profile = "shapes" if args.name == "shapes" else args.name[len("shapes_"):]
     defaults = dict(shapes.PROFILES[profile].splits)
-    splits = {"train": args.train_images or defaults["train"], "val": args.val_images or defaults["val"]}
+    splits = {**defaults, "train": args.train_images or defaults["train"], "val": args.val_images or defaults["val"]}
     out = shapes.write_dataset(args.out, seed=args.seed, splits=splits, layout=args.format, profile=profile)
     for split in splits:
         if args.format == "voc":
@@ -215,7 +215,7 @@ def cmd_compare(args) -> int:
     out = Path(args.out or Path("output") / "compare" / path.stem)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging()
-    compare(path, args.opts, seeds=args.seeds, variants=args.variants, out_dir=out)
+    compare(path, args.opts, seeds=args.seeds, variants=args.variants, out_dir=out, records_dir=args.records)
     print(f"written: {out}/comparison.md, comparison.json, comparison_ap.png, comparison_loss.png")
     return 0
 
@@ -315,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="V",
                    help=f"default: all of {', '.join(VARIANTS)}")
     p.add_argument("--out", metavar="DIR", help="default: output/compare/<config name>")
+    p.add_argument("--records", metavar="DIR",
+                   help="also write one JSON record per run under DIR/<test split>/ (what tables are made from)")
     with_config(p)
+    p.epilog = ("A KEY written variant:KEY applies to that variant alone, e.g. baseline:MODEL.RETINANET.FOCAL_LOSS_GAMMA "
+                "1.0 sampling_free:MODEL.CLASSIFICATION_SCALE 2.0")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot", help="loss curves (and AP over checkpoints) of run folders, overlaid, to a PNG")

@@ -1,8 +1,10 @@
 """The comparison command (ablation over seeds, resumable), its statistics, plots, and TensorBoard logging."""
 import json
+from pathlib import Path
 
 import pytest
 
+from sampling_free import records
 from sampling_free.cli import main
 from sampling_free.compare import markdown_table, summarise
 
@@ -58,3 +60,45 @@ def test_plot_and_tensorboard(tiny_dataset_overrides, tmp_path):
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
     assert steps == [1, 2, 3]
+
+
+def test_compare_writes_records_with_threshold_parity_and_scoped_overrides(tiny_dataset_overrides, tmp_path):
+    """One run per variant: each is evaluated at both sides' test thresholds, a ``variant:KEY`` override reaches
+    that variant alone, and each run leaves a record a table can be made from."""
+    opts = [x for k, v in {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 2}.items()
+            for x in (k, v if isinstance(v, str) else repr(v))]
+    args = ["compare", "--seeds", "3", "--variants", "baseline", "sampling_free", "--out", str(tmp_path / "runs"),
+            "--records", str(tmp_path / "records"), "baseline:MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.5", *opts]
+    assert main(args) == 0
+    base_cfg = (tmp_path / "runs" / "baseline" / "seed3" / "config.yaml").read_text()
+    free_cfg = (tmp_path / "runs" / "sampling_free" / "seed3" / "config.yaml").read_text()
+    assert "FOCAL_LOSS_GAMMA: 1.5" in base_cfg and "FOCAL_LOSS_GAMMA: 2.0" in free_cfg
+    found = {r["variant"]: r for r in records.read_records(tmp_path / "records")}
+    assert set(found) == {"baseline", "sampling_free"}
+    base, free = found["baseline"], found["sampling_free"]
+    assert Path(base["path"]).name == "baseline_FOCAL_LOSS_GAMMA-1.5_seed3.json"
+    assert base["variant_overrides"] == ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.5"] and free["variant_overrides"] == []
+    assert base["seed"] == 3 and base["family"] == "retinanet" and base["iterations"] == 2
+    assert "baseline:MODEL.RETINANET.FOCAL_LOSS_GAMMA 1.5" in base["command"]
+    assert base["config_hash"] != free["config_hash"]
+    # at its own threshold a run's metrics are its final evaluation; at the other side's, a second evaluation
+    for record, own, other in ((base, "baseline", "sampling_free"), (free, "sampling_free", "baseline")):
+        assert record["metrics_at_threshold"][own] == record["metrics"]
+        run = tmp_path / "runs" / record["variant"] / "seed3"
+        written = json.loads(next(run.glob(f"inference/*/model_final_at_{other}_threshold/metrics.json")).read_text())
+        assert record["metrics_at_threshold"][other]["bbox"] == {k: written["bbox"][k] for k in written["bbox"]}
+    # sampling-free's threshold (π·C, well under the baseline's 0.05) keeps more detections of the same model
+    assert free["metrics_at_threshold"]["sampling_free"]["detections_per_image"] >= \
+        free["metrics_at_threshold"]["baseline"]["detections_per_image"]
+    paired = json.loads((tmp_path / "runs" / "comparison.json").read_text())["paired"]["sampling_free"]
+    at_base = free["metrics_at_threshold"]["baseline"]["bbox"]["AP"] - base["metrics"]["bbox"]["AP"]
+    assert paired["baseline"]["per_seed"] == [pytest.approx(at_base)]
+
+
+def test_scoped_overrides_name_a_variant():
+    from sampling_free.compare import split_scoped_overrides
+
+    common, scoped = split_scoped_overrides(["SOLVER.MAX_ITER", "5", "sampling_free:MODEL.CLASSIFICATION_SCALE", "2"])
+    assert common == ["SOLVER.MAX_ITER", "5"] and scoped == {"sampling_free": ["MODEL.CLASSIFICATION_SCALE", "2"]}
+    with pytest.raises(ValueError, match="'free' is not a variant"):
+        split_scoped_overrides(["free:MODEL.CLASSIFICATION_SCALE", "2"])

@@ -35,6 +35,30 @@ def test_shapes_has_the_promised_structure(tiny_shapes):
     assert 2 <= empty <= 25
 
 
+def test_minival_is_its_own_draw_of_the_same_distribution(tmp_path):
+    """Knobs are chosen on ``*_minival`` and results reported on ``*_val``: no image may be shared, and both must be
+    draws of one distribution (same object count and size statistics within sampling noise)."""
+    for profile in ("shapes", "dense"):
+        n = 60 if profile == "shapes" else 20
+        drawn = {split: [shapes.render_image(0, split, i, profile) for i in range(n)] for split in ("val", "minival")}
+        pixels = {split: {np.asarray(img).tobytes() for img, _ in items} for split, items in drawn.items()}
+        assert not pixels["val"] & pixels["minival"]
+        counts = {split: np.array([len(objs) for _, objs in items]) for split, items in drawn.items()}
+        spread = np.sqrt(counts["val"].var() / n + counts["minival"].var() / n)
+        assert abs(counts["val"].mean() - counts["minival"].mean()) < 4 * spread
+    assert dict(shapes.PROFILES["shapes"].splits)["minival"] == 300
+    assert dict(shapes.PROFILES["dense"].splits)["minival"] == 150
+
+
+@pytest.mark.parametrize("name, folder", [("shapes_minival", "shapes"), ("shapes_dense_minival", "shapes_dense")])
+def test_minival_splits_are_catalog_names(name, folder, monkeypatch, tmp_path):
+    made = []
+    monkeypatch.setattr(shapes, "ensure_shapes", lambda root, profile: made.append(profile) or tmp_path / folder)
+    spec = resolve(name, tmp_path)
+    assert spec.ann_file == tmp_path / folder / "annotations" / "instances_minival.json"
+    assert spec.image_dir == tmp_path / folder / "minival"
+
+
 def test_round_trip_boxes_are_the_mask_extents(tiny_shapes):
     ds = COCODetection(tiny_shapes / "annotations" / "instances_train.json", tiny_shapes / "train", training=True,
                        with_masks=True)

@@ -189,7 +189,7 @@ def save_config(cfg: CfgNode, path: str | Path) -> None:
 
 def with_values(cfg: CfgNode, values: dict[str, Any]) -> CfgNode:
     """A copy of ``cfg`` with some keys changed (validated like any override)."""
-    flat = dict(_leaves_of(cfg))
+    flat = dict(config_items(cfg))
     for key, value in values.items():
         if key not in ALL_KEYS:
             raise _unknown(key, "with_values")
@@ -197,9 +197,10 @@ def with_values(cfg: CfgNode, values: dict[str, Any]) -> CfgNode:
     return _nest(flat)
 
 
-def _leaves_of(node: dict, prefix: str = ""):
+def config_items(node: dict, prefix: str = ""):
+    """(dotted key, value) for every leaf of a config."""
     for name, value in node.items():
         if isinstance(value, dict):
-            yield from _leaves_of(value, f"{prefix}{name}.")
+            yield from config_items(value, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", value

@@ -15,8 +15,10 @@ COCO_CATALOG = {
     "coco_2017_train": ("coco/annotations/instances_train2017.json", "coco/train2017"),
     "coco_2017_val": ("coco/annotations/instances_val2017.json", "coco/val2017"),
 }
-SHAPES_SPLITS = {"shapes_train": ("shapes", "train"), "shapes_val": ("shapes", "val"),
-                 "shapes_dense_train": ("dense", "train"), "shapes_dense_val": ("dense", "val")}
+# ``*_minival``: the validation splits every knob is chosen on; ``*_val``: the test splits results are reported on.
+SHAPES_SPLITS = {f"{prefix}_{split}": (profile, split) for prefix, profile in (("shapes", "shapes"),
+                                                                            ("shapes_dense", "dense"))
+                 for split in ("train", "val", "minival")}
 # name -> (devkit root, split), relative to the datasets root.
 VOC_CATALOG = {
     **{f"voc_2007_{s}": ("voc/VOC2007", s) for s in ("train", "val", "trainval", "test")},

@@ -31,7 +31,9 @@ VERSION = 2
 CLASSES = ("circle", "rectangle", "triangle", "star", "ring", "cross")
 # Long tail: the most frequent class is ~7x the rarest.
 CLASS_FREQUENCY = (0.34, 0.24, 0.16, 0.12, 0.09, 0.05)
-SPLITS = {"train": 1200, "val": 300}
+# ``minival``: images drawn from the same distribution on their own random streams (the split name keys the RNG),
+# for choosing knobs (scales, clips, sampler sizes); ``val`` is the split results are reported on, never tuned on.
+SPLITS = {"train": 1200, "val": 300, "minival": 300}
 EMPTY_IMAGE_FRACTION = 0.05
 MIN_OBJECT_SIZE, MAX_OBJECT_FRACTION = 8, 0.85
 MAX_HIDDEN_FRACTION = 0.5  # an object may be covered by later ones up to this share of its area
@@ -52,7 +54,7 @@ class Profile:
 
 PROFILES = {"shapes": Profile(),
             "dense": Profile(short_side=(256, 321), objects=(20, 61), object_sizes=(6.0, 32.0), empty_fraction=0.02,
-                             distractors=(0, 10), splits=(("train", 600), ("val", 150)))}
+                             distractors=(0, 10), splits=(("train", 600), ("val", 150), ("minival", 150)))}
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, size: float, rng: np.random.Generator) -> list:

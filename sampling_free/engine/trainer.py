@@ -26,6 +26,7 @@ from ..mechanism import class_priors_from_counts
 from ..modeling import build_model
 from ..files import write_json_atomic
 from ..prior import config_prior, estimate_prior, setting_from_config
+from ..records import note_source
 from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from .evaluator import evaluate_checkpoint_model, load_detector_weights
 from .runtime import MetricsWriter, ensure_writable, resolve_device, setup_logging
@@ -157,6 +158,8 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
         logger.info("resumed from %s at iteration %d", resume_from, start_iter)
     elif cfg.MODEL.WEIGHT:
         load_detector_weights(model, cfg.MODEL.WEIGHT)
+    if dist.is_main() and start_iter < cfg.SOLVER.MAX_ITER:
+        note_source(out_dir, start_iter)
 
     class_names = datasets[0].class_names
 

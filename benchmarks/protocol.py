@@ -1,0 +1,177 @@
+"""The evaluation protocol behind every table: choices made on validation data with the same budget for both sides,
+then the test split once, five seeds, both variants at both test thresholds.
+
+    python benchmarks/protocol.py tune retinanet_shapes     # each side's grid on the validation split, 2 seeds
+    python benchmarks/protocol.py choose retinanet_shapes   # best setting per side -> results/choices/<bench>.json
+    python benchmarks/protocol.py test retinanet_shapes     # both sides, chosen settings, seeds 0-4, test split
+    python benchmarks/protocol.py curve retinanet_shapes    # seed 0's checkpoints (every 100 iterations) evaluated
+
+Every run is a ``sampling-free compare`` of one variant and one seed (so ``--jobs 2`` runs two at once, each on one
+thread, and an interrupted protocol resumes run by run), writing its record under ``results/records/<bench>/``.
+The baseline's grid is as large as sampling-free's: whatever one side may tune, the other may tune as much.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sampling_free.records import read_records, slug_of  # noqa: E402
+
+TUNE_SEEDS = (100, 101)  # never the test seeds: a setting's lucky seed must not carry into the test table
+TEST_SEEDS = (0, 1, 2, 3, 4)
+CURVE_PERIOD = 100
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    config: str
+    tune_split: str
+    test_split: str
+    baseline_grid: tuple[dict, ...]  # the first setting of each grid is the config's own (the default)
+    free_grid: tuple[dict, ...]
+    common: tuple[str, ...] = ()
+
+
+def focal_grid(family: str) -> tuple[dict, ...]:
+    """Focal loss's γ around the paper's 2 (α 0.25, the paper's best for γ >= 1)."""
+    return tuple({f"MODEL.{family}.FOCAL_LOSS_GAMMA": g} for g in (2.0, 1.0, 3.0))
+
+
+SCALE_GRID = tuple({"MODEL.CLASSIFICATION_SCALE": s} for s in (1.0, 2.0, 4.0))
+# R-CNN: both sides may clip the gradient (0: off) and size their training set of RoIs: the baseline its RoI
+# sample, sampling-free the proposals it trains on (every one of them).
+RCNN_BASELINE_GRID = tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": n}
+                           for c in (0.0, 5.0) for n in (256, 512))
+RCNN_FREE_GRID = tuple({"MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": c, "MODEL.RPN.POST_NMS_TOP_N_TRAIN": n}
+                       for c in (5.0, 0.0) for n in (500, 1000))
+Q = "configs/quickstart"
+BENCHMARKS = {
+    "retinanet_shapes": Benchmark(f"{Q}/retinanet_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                                  focal_grid("RETINANET"), SCALE_GRID),
+    "fcos_shapes": Benchmark(f"{Q}/fcos_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                             focal_grid("FCOS"), SCALE_GRID),
+    "faster_rcnn_shapes": Benchmark(f"{Q}/faster_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                                    RCNN_BASELINE_GRID, RCNN_FREE_GRID),
+    "mask_rcnn_shapes": Benchmark(f"{Q}/mask_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                                  RCNN_BASELINE_GRID, RCNN_FREE_GRID),
+}
+
+
+def opts_of(values: dict, variant: str = "") -> list[str]:
+    prefix = f"{variant}:" if variant else ""
+    return [x for k, v in values.items() for x in (prefix + k, repr(v) if not isinstance(v, str) else v)]
+
+
+def run_folder(bench: str, split: str, setting: dict, args) -> Path:
+    return Path(args.output) / bench / split / (slug_of(setting) or "default")
+
+
+def job(bench: str, b: Benchmark, split: str, variant: str, setting: dict, seed: int, args,
+        extra=()) -> tuple[str, list[str]]:
+    """(a name for its log, the command) of one variant and seed."""
+    out = run_folder(bench, split, setting, args)
+    name = f"{bench}_{split}_{out.name}_{variant}_seed{seed}"
+    return name, [sys.executable, "-m", "sampling_free.cli", "compare", "--config-file", b.config, "--seeds", str(seed),
+                  "--variants", variant, "--out", str(out), "--records", str(Path(args.results) / "records" / bench),
+                  "DATASETS.TEST", repr([split]), *b.common, *extra, *opts_of(setting, variant)]
+
+
+def curve_job(bench: str, b: Benchmark, variant: str, setting: dict, seed: int, args) -> tuple[str, list[str]]:
+    """Evaluate every checkpoint of a test run (``test`` saves one each CURVE_PERIOD iterations)."""
+    run = run_folder(bench, b.test_split, setting, args) / variant / f"seed{seed}"
+    iters = sorted(p.stem.split("_")[1] for p in run.glob("model_0*.pth"))
+    return f"curve_{bench}_{variant}_seed{seed}", [sys.executable, "-m", "sampling_free.cli", "eval", "--config-file",
+                                                   str(run / "config.yaml"), "--iters", *iters]
+
+
+def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path) -> int:
+    """Run the commands ``jobs`` at a time, each on one thread; returns the number that failed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running, failed = list(commands), [], 0
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            log = open(log_dir / f"{name}.log", "w")
+            print(time.strftime("%H:%M:%S"), "start", name, flush=True)
+            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), name, log))
+        time.sleep(5)
+        for proc, name, log in [r for r in running if r[0].poll() is not None]:
+            running.remove((proc, name, log))
+            log.close()
+            failed += proc.returncode != 0
+            print(time.strftime("%H:%M:%S"), "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})", name,
+                  flush=True)
+    return failed
+
+
+def choose(bench: str, b: Benchmark, results: Path) -> dict:
+    """Each side's setting with the best mean box AP over the tuning seeds on the validation split; a setting with a
+    diverged or missing seed cannot be chosen. Ties go to the earlier setting of the grid (the default first)."""
+    found = read_records(results / "records" / bench / b.tune_split)
+    choice = {"benchmark": bench, "config": b.config, "split": b.tune_split, "seeds": list(TUNE_SEEDS)}
+    for variant, grid in (("baseline", b.baseline_grid), ("sampling_free", b.free_grid)):
+        table = []
+        for setting in grid:
+            want = opts_of(setting)
+            runs = {r["seed"]: r for r in found if r["variant"] == variant and r["variant_overrides"] == want}
+            aps = [runs[s]["metrics"]["bbox"]["AP"] for s in TUNE_SEEDS if s in runs and "bbox" in runs[s]["metrics"]]
+            complete = len(aps) == len(TUNE_SEEDS)
+            table.append({"setting": setting, "AP": aps, "mean": statistics.fmean(aps) if complete else None,
+                          "diverged": sorted(s for s, r in runs.items() if r.get("diverged"))})
+        ranked = [row for row in table if row["mean"] is not None]
+        if len(ranked) < len(table):
+            raise SystemExit(f"{bench}: {variant} has unfinished or diverged settings on {b.tune_split}: "
+                             f"{[row['setting'] for row in table if row['mean'] is None]} -- run tune first")
+        best = max(ranked, key=lambda row: (row["mean"], -table.index(row)))
+        choice[variant] = {"chosen": best["setting"], "grid": table}
+    return choice
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("step", choices=["tune", "choose", "test", "curve"])
+    p.add_argument("benchmarks", nargs="+", choices=list(BENCHMARKS))
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the step's seeds")
+    p.add_argument("--output", default="output/protocol", help="run folders")
+    p.add_argument("--results", default=str(ROOT / "results"), help="records and choices (committed)")
+    args = p.parse_args(argv)
+    results = Path(args.results)
+    commands = []
+    for bench in args.benchmarks:
+        b = BENCHMARKS[bench]
+        if args.step == "tune":
+            for seed in args.seeds or TUNE_SEEDS:
+                for variant, grid in (("baseline", b.baseline_grid), ("sampling_free", b.free_grid)):
+                    commands += [job(bench, b, b.tune_split, variant, s, seed, args) for s in grid]
+        elif args.step == "choose":
+            choice = choose(bench, b, results)
+            path = results / "choices" / f"{bench}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(choice, indent=2) + "\n")
+            print(path, {v: choice[v]["chosen"] for v in ("baseline", "sampling_free")})
+        else:
+            choice = json.loads((results / "choices" / f"{bench}.json").read_text())
+            for seed in args.seeds or (TEST_SEEDS if args.step == "test" else TEST_SEEDS[:1]):
+                for variant in ("baseline", "sampling_free"):
+                    if args.step == "test":
+                        commands.append(job(bench, b, b.test_split, variant, choice[variant]["chosen"], seed, args,
+                                            extra=("SOLVER.CHECKPOINT_PERIOD", str(CURVE_PERIOD))))
+                    else:
+                        commands.append(curve_job(bench, b, variant, choice[variant]["chosen"], seed, args))
+    return 1 if commands and run_jobs(commands, args.jobs, Path(args.output) / "logs") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
