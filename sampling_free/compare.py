@@ -131,14 +131,12 @@ def make_record(*, config_file, common: list[str], scoped: list[str], variant: s
     log = run_dir / "metrics.jsonl"
     seconds = [json.loads(line).get("time") for line in log.read_text().splitlines()] if log.exists() else []
     seconds = [s for s in seconds if s]
-    command = ["sampling-free", "compare", "--config-file", str(config_file), "--seeds", str(seed), "--variants",
-               variant, *common, *[f"{variant}:{x}" if i % 2 == 0 else x for i, x in enumerate(scoped)]]
-    return {"family": records.family_of(cfg), "variant": variant, "seed": seed, "split": cfg.DATASETS.TEST[0],
-            "commit": source["commit"], "dirty": source["dirty"], "machine": source["machine"],
-            "config_file": str(config_file), "overrides": common, "variant_overrides": scoped,
-            "config_hash": records.config_hash(cfg), "iterations": cfg.SOLVER.MAX_ITER,
-            "seconds_per_iter": round(statistics.median(seconds), 4) if seconds else None,
-            "command": " ".join(command), "metrics": _scores(metrics),
+    record = {"family": records.family_of(cfg), "variant": variant, "seed": seed, "split": cfg.DATASETS.TEST[0],
+              "commit": source["commit"], "dirty": source["dirty"], "machine": source["machine"],
+              "config_file": str(config_file), "overrides": common, "variant_overrides": scoped,
+              "config_hash": records.config_hash(cfg), "iterations": cfg.SOLVER.MAX_ITER,
+              "seconds_per_iter": round(statistics.median(seconds), 4) if seconds else None}
+    return {**record, "command": records.command_of(record), "metrics": _scores(metrics),
             "metrics_at_threshold": {side: _scores(m) for side, m in by_threshold.items()},
             "recorded": time.strftime("%Y-%m-%d")}
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import platform
+import shlex
 import statistics
 import subprocess
 from pathlib import Path
@@ -28,6 +29,9 @@ PACKAGE = Path(__file__).resolve().parent
 NOT_RECIPE = ("OUTPUT_DIR", "SEED", "DATASETS.TEST")
 FAMILY_MODULES = {"RetinaNet": "retinanet", "FCOS": "fcos", "ATSS": "atss", "SSD": "ssd",
                   "GeneralizedRCNN": "rcnn", "CascadeRCNN": "cascade"}
+
+ARCHITECTURE_OF = {"retinanet": "RetinaNet", "fcos": "FCOS", "atss": "ATSS", "ssd": "SSD", "faster_rcnn": "GeneralizedRCNN",
+                   "mask_rcnn": "GeneralizedRCNN", "cascade_rcnn": "CascadeRCNN", "cascade_mask_rcnn": "CascadeRCNN"}
 
 
 def family_of(cfg) -> str:
@@ -113,6 +117,13 @@ def read_source(run_dir: str | Path) -> dict:
             "machine": starts[0]["machine"]}
 
 
+def command_of(record: dict) -> str:
+    """The shell command that reruns a record's run (``sampling-free compare`` of its one variant and seed)."""
+    scoped = [f"{record['variant']}:{x}" if i % 2 == 0 else x for i, x in enumerate(record["variant_overrides"])]
+    return shlex.join(["sampling-free", "compare", "--config-file", record["config_file"], "--seeds",
+                       str(record["seed"]), "--variants", record["variant"], *record["overrides"], *scoped])
+
+
 def record_path(folder: str | Path, split: str, variant: str, slug: str, seed: int) -> Path:
     return Path(folder) / split.replace("/", "_").replace(":", "_") / f"{variant}{'_' + slug if slug else ''}_seed{seed}.json"
 
@@ -185,3 +196,38 @@ def format_difference(d: dict, digits: int = 1) -> str:
     if math.isnan(d["low"]):
         return f"{d['mean']:+.{digits}f}"
     return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+# ---- whether a record still describes the code ----------------------------------------------------------------
+
+
+def _is_ancestor(old: str, new: str, repo: Path) -> bool:
+    return subprocess.run(["git", "merge-base", "--is-ancestor", old, new], cwd=repo,
+                          capture_output=True).returncode == 0
+
+
+def _same_scores(a: dict, b: dict) -> bool:
+    return {t: a.get(t) for t in ("bbox", "segm")} == {t: b.get(t) for t in ("bbox", "segm")}
+
+
+def currency(record: dict, all_records: list[dict], repo: Path) -> tuple[str, str]:
+    """("current" | "carried" | "stale" | "dirty", why) for a record, against the checkout at ``repo``.
+
+    Current: no file of its family's code (``code_files``) changed after the commit it ran at. Carried: the code
+    changed since, but the same recipe re-run at a commit with the change -- a *witness*, any record with the same
+    config hash and seed at a later commit -- measured exactly the same metrics, so the change did not change what
+    that recipe trains (a refactor). Otherwise stale: re-run it."""
+    if record.get("dirty") or not record.get("commit"):
+        return "dirty", "trained from a tree with uncommitted changes (or outside git)"
+    files = code_files(ARCHITECTURE_OF[record["family"]])
+    last = git("log", "-1", "--format=%H", "--", *files, cwd=repo)
+    if not last or _is_ancestor(last, record["commit"], repo):
+        return "current", ""
+    for w in all_records:
+        if (w is not record and w["config_hash"] == record["config_hash"] and w.get("commit") and not w.get("dirty")
+                and _is_ancestor(last, w["commit"], repo)):
+            twin = [r for r in all_records if r["config_hash"] == record["config_hash"] and r["seed"] == w["seed"]
+                    and r.get("commit") == record["commit"] and r.get("split") == w.get("split")]
+            if twin and _same_scores(twin[0]["metrics"], w["metrics"]):
+                return "carried", f"re-run at {w['commit'][:7]} (seed {w['seed']}) gave identical metrics"
+    return "stale", f"{', '.join(files)} changed at {last[:7]}, after the record's commit {record['commit'][:7]}"

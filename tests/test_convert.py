@@ -184,3 +184,30 @@ def test_what_convert_refuses():
     with pytest.raises(TypeError, match="already sampling-free"):
         sampling_free.convert(converted, prior=1e-3)
     assert torchvision.__version__.startswith("0.29")
+
+
+@pytest.mark.parametrize("name, biases", [
+    ("retinanet", {"head.classification_head.cls_logits.bias"}),
+    ("faster_rcnn_mobilenet", {"rpn.head.cls_logits.bias"})])
+def test_convert_and_estimate_prior_touch_nothing_but_the_documented_biases(name, biases, tmp_path, monkeypatch):
+    """Counting π on a cold cache runs the backbone once per input size to learn its grids; on a model in training
+    mode with trainable BatchNorm that must not move a running statistic or ``num_batches_tracked`` (a BatchNorm
+    with momentum=None averages with it). Every tensor but the biases set from π stays bit-for-bit equal."""
+    monkeypatch.setenv("SAMPLING_FREE_CACHE", str(tmp_path / "cache"))
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 120, "width": 150},
+                       {"id": 2, "file_name": "b.jpg", "height": 150, "width": 100}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [10, 20, 40, 30], "area": 1.0},
+                            {"id": 2, "image_id": 2, "category_id": 2, "iscrowd": 0, "bbox": [5, 5, 60, 90], "area": 1.0}],
+            "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)]}
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    model = stock(name).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.training and m.weight.requires_grad for m in norms)  # the case that went wrong
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sampling_free.estimate_prior(model, str(tmp_path / "train.json"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [n for n, m in model.named_modules() if not m.training] == []  # modes given back too
+    converted = sampling_free.convert(model, annotations=str(tmp_path / "train.json"))
+    after = converted.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == biases

@@ -20,6 +20,9 @@ whose best anchor lies outside them, against all of its image's anchors.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,6 +33,20 @@ from torchvision.ops import box_iou
 from .common import inside_image
 
 
+@contextlib.contextmanager
+def _in_eval_mode(module: nn.Module):
+    """Run ``module`` in eval mode and give every submodule its own mode back: counting π must not touch the model
+    (a BatchNorm in training mode counts every forward in ``num_batches_tracked``, its averaging weight when
+    ``momentum`` is None)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class GridPriorCounter:
     """Shared part of the prior-counting rules: the locations/anchors a detector has for a padded input."""
 
@@ -37,20 +54,25 @@ class GridPriorCounter:
         self.backbone, self.anchor_generator, self.num_classes = backbone, anchor_generator, num_classes
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, list[int]]] = {}
         self._grids: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._lock = threading.Lock()  # π is counted in threads; one of them at a time sets the backbone's mode
 
     def locations(self, padded: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
         """(anchors of the whole pyramid, number per level), cached per padded size."""
         if padded not in self._cache:
-            with torch.no_grad():  # a zero-image batch gives every level's grid size at no cost
-                features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
-                grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
-                images = ImageList(torch.empty(1, 0, *padded), [padded])
-                anchors = self.anchor_generator(images, grids)[0]
-            per_level = [g.shape[-2] * g.shape[-1] * self.anchor_generator.num_anchors_per_location()[k]
-                         for k, g in enumerate(grids)]
-            self._cache[padded] = (anchors, per_level)
-            self._grids[padded] = [tuple(g.shape[-2:]) for g in grids]
+            with self._lock:
+                if padded not in self._cache:
+                    self._count_locations(padded)
         return self._cache[padded]
+
+    def _count_locations(self, padded: tuple[int, int]) -> None:
+        with torch.no_grad(), _in_eval_mode(self.backbone):  # a zero-image batch gives every level's grid size
+            features = list(self.backbone(torch.zeros(0, 3, *padded)).values())
+            grids = [torch.empty(1, 0, *f.shape[-2:]) for f in features]
+            anchors = self.anchor_generator(ImageList(torch.empty(1, 0, *padded), [padded]), grids)[0]
+        per_level = [g.shape[-2] * g.shape[-1] * self.anchor_generator.num_anchors_per_location()[k]
+                     for k, g in enumerate(grids)]
+        self._grids[padded] = [tuple(g.shape[-2:]) for g in grids]
+        self._cache[padded] = (anchors, per_level)  # last: another thread reads the cache without the lock
 
     def level_grids(self, padded: tuple[int, int]) -> list[tuple[int, int]]:
         """(height, width) of every level's grid for ``padded``."""

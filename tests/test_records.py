@@ -1,0 +1,95 @@
+"""Records and their statistics: the t-interval against printed tables, the paired difference by hand, when a record
+stops describing the code, and that the README's and results.md's generated tables are what the records give."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sampling_free import records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("df, want", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)])
+def test_t_quantile_matches_the_printed_table(df, want):
+    """Two-sided 95 % critical values of Student's t (any statistics textbook's table, 3 decimals)."""
+    assert records.t_quantile(0.975, df) == pytest.approx(want, abs=6e-4)
+
+
+def test_t_quantile_of_one_degree_is_the_cauchy_quantile():
+    """t with df = 1 is the Cauchy distribution, whose quantile is tan(π (p − 1/2)) in closed form."""
+    for p in (0.6, 0.9, 0.99):
+        assert records.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-6)
+
+
+def test_paired_difference_by_hand():
+    treated = {0: 54.0, 1: 55.0, 2: 53.0, 3: 56.0, 4: 55.0, 7: 99.0}  # seed 7 has no pair: left out
+    control = {0: 52.0, 1: 54.0, 2: 53.5, 3: 53.0, 4: 53.0}
+    d = records.paired_difference(treated, control)
+    # differences 2, 1, -0.5, 3, 2: mean 1.5, sd sqrt(7 / 4) = 1.3229, half-width 2.7764 * 1.3229 / sqrt(5) = 1.6426
+    assert d["seeds"] == [0, 1, 2, 3, 4] and d["per_seed"] == [2.0, 1.0, -0.5, 3.0, 2.0]
+    assert d["mean"] == pytest.approx(1.5) and d["sd"] == pytest.approx(1.32288, rel=1e-5)
+    assert (d["low"], d["high"]) == (pytest.approx(-0.1426, abs=1e-3), pytest.approx(3.1426, abs=1e-3))
+    assert d["verdict"] == "level" and records.format_difference(d) == "+1.5 [-0.1, +3.1]"
+    shifted = records.paired_difference({s: v + 1 for s, v in treated.items()}, control)
+    assert shifted["verdict"] == "ahead" and shifted["low"] > 0
+    behind = records.paired_difference(control, {s: v + 1 for s, v in treated.items()})
+    assert behind["verdict"] == "behind" and behind["high"] < 0
+    assert records.paired_difference({0: 1.0}, {0: 0.5})["verdict"] == "one seed"
+
+
+def _git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+needs_history = pytest.mark.skipif(_git("rev-parse", "--is-shallow-repository") != "false",
+                                   reason="needs the repository's full git history")
+
+
+@needs_history
+def test_a_record_goes_stale_when_its_family_code_changes_and_a_witness_carries_it():
+    head = _git("rev-parse", "HEAD")
+    root = _git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]
+    metrics = {"bbox": {"AP": 50.0}}
+
+    def record(commit, seed=0, ap=50.0, config_hash="abc"):
+        return {"family": "retinanet", "commit": commit, "dirty": False, "config_hash": config_hash, "seed": seed,
+                "split": "shapes_val", "metrics": {"bbox": {"AP": ap}}}
+
+    assert records.currency(record(head), [], ROOT)[0] == "current"
+    old = record(root)
+    state, why = records.currency(old, [old], ROOT)
+    assert state == "stale" and "sampling_free/modeling/retinanet.py" in why
+    # the same recipe and seed re-run after the change, with identical metrics: the whole group is carried
+    old_seed1 = record(root, seed=1, ap=51.0)
+    witness = record(head, ap=metrics["bbox"]["AP"])
+    assert records.currency(old_seed1, [old, old_seed1, witness], ROOT)[0] == "carried"
+    assert records.currency(old, [old, record(head, ap=50.1)], ROOT)[0] == "stale"  # not identical
+    assert records.currency(old, [old, record(head, config_hash="xyz")], ROOT)[0] == "stale"  # another recipe
+    assert records.currency({**record(head), "dirty": True}, [], ROOT)[0] == "dirty"
+
+
+def test_code_files_follow_the_imports_of_the_family():
+    files = records.code_files("CascadeRCNN")
+    assert {"sampling_free/modeling/cascade.py", "sampling_free/modeling/rcnn.py", "sampling_free/mechanism.py"} \
+        <= set(files)
+    assert "sampling_free/modeling/retinanet.py" not in files and all((ROOT / f).is_file() for f in files)
+
+
+def test_recipe_hash_ignores_seed_output_and_split_but_not_the_recipe():
+    from sampling_free.config import load_config
+
+    base = load_config(values={"SOLVER.MAX_ITER": 600})
+    same = load_config(values={"SOLVER.MAX_ITER": 600, "SEED": 4, "OUTPUT_DIR": "x", "DATASETS.TEST": ["shapes_val"]})
+    other = load_config(values={"SOLVER.MAX_ITER": 601})
+    assert records.config_hash(base) == records.config_hash(same) != records.config_hash(other)
+
+
+@needs_history
+def test_the_generated_tables_are_what_the_records_give():
+    """README.md's results table and results.md's protocol section equal what benchmarks/tables.py makes from
+    results/records, and no record feeding them is stale or from an uncommitted tree."""
+    done = subprocess.run([sys.executable, "benchmarks/tables.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
