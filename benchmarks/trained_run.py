@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sampling_free.config import load_config
 from sampling_free.data.build import build_datasets
-from sampling_free.engine.checkpoint import load_checkpoint
+from sampling_free.checkpoint import load_checkpoint, load_whole
 from sampling_free.modeling import build_model
 
 
@@ -16,5 +16,5 @@ def load_trained_run(run: str, *, split: str = "train"):
     names = cfg.DATASETS.TRAIN if training else cfg.DATASETS.TEST
     dataset = build_datasets(names, cfg, training=training)[0]
     model = build_model(cfg, dataset.num_classes)
-    model.load_state_dict(load_checkpoint(f"{run}/model_final.pth")["model"])
+    load_whole(model, load_checkpoint(f"{run}/model_final.pth")["model"], f"{run}/model_final.pth")
     return cfg, model.train(training), dataset

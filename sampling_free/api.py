@@ -111,7 +111,7 @@ class Detector:
     def from_checkpoint(cls, path: str | Path, *, config: str | Path | CfgNode | None = None,
                         device: str | torch.device = "cpu") -> "Detector":
         """A checkpoint written by training; ``config`` defaults to the ``config.yaml`` of its run folder."""
-        from .engine.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
         from .engine.evaluator import model_from_checkpoint
         from .engine.runtime import resolve_device
 
@@ -132,7 +132,7 @@ class Detector:
                     class_names: list[str] | None = None, device: str | torch.device = "cpu") -> "Detector":
         """A model built from ``config`` for ``num_classes`` classes, with ``weights`` (a checkpoint, which must
         fit) or untrained (its prior π then comes from ``MODEL.SAMPLING_FREE.PRIOR``, if set)."""
-        from .engine.checkpoint import load_checkpoint
+        from .checkpoint import load_checkpoint
         from .engine.evaluator import model_from_checkpoint
         from .engine.runtime import resolve_device
         from .modeling import build_model

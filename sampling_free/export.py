@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import resize
 
+from .files import atomic_path, write_text_atomic
 from .modeling.roi_align import with_torchvision_roi_align
 
 logger = logging.getLogger("sampling_free")
@@ -95,18 +96,21 @@ def export(model: nn.Module, *, fmt: str, out: str | Path, example: torch.Tensor
             try:
                 scripted = torch.jit.script(wrapper.model)
                 info["method"], info["image_size"] = "script", None
-                torch.jit.save(scripted, str(out))
+                with atomic_path(out) as tmp:
+                    torch.jit.save(scripted, str(tmp))
             except Exception as exc:  # noqa: BLE001 - any scripting failure means "trace instead"
                 info["script_failure"] = _first_error(exc)
                 logger.info("torch.jit.script failed (%s); tracing a fixed-size wrapper", info["script_failure"])
-                torch.jit.save(torch.jit.trace(wrapper, (example,), check_trace=False), str(out))
+                with atomic_path(out) as tmp:
+                    torch.jit.save(torch.jit.trace(wrapper, (example,), check_trace=False), str(tmp))
         else:
             info["opset"] = OPSET
-            torch.onnx.export(wrapper, (example,), str(out), opset_version=OPSET, dynamo=False,
-                              input_names=["image"], output_names=wrapper.output_names)
+            with atomic_path(out) as tmp:
+                torch.onnx.export(wrapper, (example,), str(tmp), opset_version=OPSET, dynamo=False,
+                                  input_names=["image"], output_names=wrapper.output_names)
     frozen = sum(issubclass(w.category, torch.jit.TracerWarning) for w in caught)
     logger.info("wrote %s (%s, %s); the trace froze %d Python values", out, fmt, info["method"], frozen)
-    sidecar(out).write_text(json.dumps(info, indent=1))
+    write_text_atomic(sidecar(out), json.dumps(info, indent=1))
     return info
 
 
@@ -245,5 +249,5 @@ def export_and_check(model: nn.Module, *, fmt: str, out: str | Path, image_size:
     reports = check(model, Exported(out), resized)
     info["agreement"] = {"images": len(reports), "ok": sum(r["ok"] for r in reports),
                          "tolerance": {"box_px": BOX_TOL, "score": SCORE_TOL, "mask": MASK_TOL}, "per_image": reports}
-    sidecar(out).write_text(json.dumps(info, indent=1))
+    write_text_atomic(sidecar(out), json.dumps(info, indent=1))
     return info, reports

@@ -1,29 +1,35 @@
-"""Files written whole or not at all, and weight files read without executing pickled code."""
+"""Files written whole or not at all (weight files: ``checkpoint.py``)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-import torch
 
-
-def atomic_write(path: str | Path, write) -> Path:
-    """``write(f)`` into a temporary file in the same folder, fsync, then rename: the final name only ever holds a
-    whole file, whatever moment the process dies at."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary name in ``path``'s folder for a writer that wants a file name (an exporter): when the block ends
+    without error the file is synced to disk and renamed to ``path``, so the final name only ever holds a whole
+    file, whatever moment the process dies at; otherwise it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """``write(f)`` into a file that appears under ``path`` whole or not at all (``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -32,14 +38,3 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2))
-
-
-def load_weights_file(path: str | Path):
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never a pickle's code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or a pickle that wants to run code
-        raise ValueError(f"{path}: not a loadable weights file ({type(exc).__name__}: {exc})") from None

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision import models
 
-from sampling_free.modeling.backbone import build_backbone, imagenet_state_dict, load_state_dict_file
+from sampling_free.checkpoint import imagenet_state_dict, state_dict_file
+from sampling_free.modeling.backbone import build_backbone
 
 
 def _build(name, weights, **kw):
@@ -38,7 +39,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
     torch.save({"x": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="not a loadable weights file"):
-        load_state_dict_file(tmp_path / "evil.pth")
+        state_dict_file(tmp_path / "evil.pth")
 
 
 def test_torchvision_name_is_found_in_the_weights_folder_and_hash_checked(tmp_path, monkeypatch):

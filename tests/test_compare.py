@@ -102,3 +102,38 @@ def test_scoped_overrides_name_a_variant():
     assert common == ["SOLVER.MAX_ITER", "5"] and scoped == {"sampling_free": ["MODEL.CLASSIFICATION_SCALE", "2"]}
     with pytest.raises(ValueError, match="'free' is not a variant"):
         split_scoped_overrides(["free:MODEL.CLASSIFICATION_SCALE", "2"])
+
+
+def test_a_run_killed_while_writing_its_metrics_is_evaluated_again_not_read_half_written(
+        tiny_dataset_overrides, tmp_path, monkeypatch):
+    """``metrics.json`` means "this run is finished" to compare: it must appear whole or not at all. A process
+    killed after writing its bytes but before they are in place leaves no metrics.json; the rerun evaluates the
+    finished model again (without training it again) and finds the same numbers."""
+    import os
+
+    import sampling_free.files
+
+    opts = [x for k, v in {**tiny_dataset_overrides, "SOLVER.MAX_ITER": 2}.items()
+            for x in (k, v if isinstance(v, str) else repr(v))]
+    args = ["compare", "--seeds", "0", "--variants", "baseline", "--out", str(tmp_path), *opts]
+    assert main(args) == 0
+    run = tmp_path / "baseline" / "seed0"
+    metrics = next(run.glob("inference/*/model_final/metrics.json"))
+    first = json.loads(metrics.read_text())["bbox"]
+    metrics.unlink()
+    stamp = (run / "model_final.pth").stat().st_mtime_ns
+    real_replace = os.replace
+
+    def killed_at_metrics(src, dst):
+        if Path(dst).name == "metrics.json":
+            raise SystemExit(137)  # the moment between writing the bytes and putting them in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(sampling_free.files.os, "replace", killed_at_metrics)
+    with pytest.raises(SystemExit):
+        main(args)
+    assert not metrics.exists() and not list(metrics.parent.glob(".*tmp"))  # nothing half-written left behind
+    monkeypatch.setattr(sampling_free.files.os, "replace", real_replace)
+    assert main(args) == 0
+    assert json.loads(metrics.read_text())["bbox"] == first
+    assert (run / "model_final.pth").stat().st_mtime_ns == stamp

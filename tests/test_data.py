@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 
 from sampling_free.data import shapes
 from sampling_free.data.catalog import resolve

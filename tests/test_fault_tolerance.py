@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from sampling_free.engine.checkpoint import load_checkpoint
+from sampling_free.checkpoint import load_checkpoint
 
 
 def _args(overrides: dict) -> list[str]:

@@ -6,8 +6,8 @@ from torchvision.models.detection import retinanet_resnet50_fpn
 
 from sampling_free.cli import main
 from sampling_free.config import load_config
-from sampling_free.engine.checkpoint import load_checkpoint
-from sampling_free.engine.evaluator import load_detector_weights
+from sampling_free.checkpoint import load_checkpoint
+from sampling_free.checkpoint import load_fitting
 from sampling_free.modeling import build_model
 from paths import CONFIGS
 
@@ -41,7 +41,7 @@ def test_other_number_of_classes_reinitialises_the_classifier(pretrained, tiny_d
     cfg = load_config(values={**tiny_dataset_overrides})
     model = build_model(cfg, 3)  # the checkpoint has 6 classes
     fresh = model.head.classification_head.cls_logits.weight.clone()
-    report = load_detector_weights(model, pretrained)
+    report = load_fitting(model, pretrained)
     assert report["reinitialised"] == ["head.classification_head.cls_logits.bias",
                                        "head.classification_head.cls_logits.weight"]
     assert torch.equal(model.head.classification_head.cls_logits.weight, fresh)
@@ -55,7 +55,7 @@ def test_torchvision_detector_weights_fit_our_retinanet(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "retinanet_coco.pth")
     cfg = load_config(str(CONFIGS / "retinanet/retinanet_R_50_FPN_1x.yaml"), values={"MODEL.BACKBONE.WEIGHTS": ""})
     model = build_model(cfg, 80)
-    report = load_detector_weights(model, tmp_path / "retinanet_coco.pth")
+    report = load_fitting(model, tmp_path / "retinanet_coco.pth")
     # everything but the 91-way classifier (ours: 80 foreground classes) and P6 comes from the file: torchvision
     # computes P6 from P5 (256 channels), the original RetinaNet (and our config) from C5 (2048)
     assert report["reinitialised"] == ["backbone.fpn.extra_blocks.p6.weight",
@@ -70,4 +70,4 @@ def test_a_file_that_fits_nothing_is_refused(tmp_path, tiny_dataset_overrides):
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pth")
     model = build_model(load_config(values={**tiny_dataset_overrides}), 6)
     with pytest.raises(ValueError, match="no tensor in it fits this SamplingFreeRetinaNet"):
-        load_detector_weights(model, tmp_path / "other.pth")
+        load_fitting(model, tmp_path / "other.pth")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from sampling_free.engine.checkpoint import load_checkpoint
+from sampling_free.checkpoint import load_checkpoint
 from test_fault_tolerance import _command, _env, _wait_for
 
 EXIT_WITHIN = 90  # seconds from start, start-up (imports, dataset, model) included; a hang never ends

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sampling_free.cli import main
-from sampling_free.engine.checkpoint import load_checkpoint
+from sampling_free.checkpoint import load_checkpoint
 
 ARCHS = {
     "ssd": {"MODEL.META_ARCHITECTURE": "SSD", "MODEL.BACKBONE.NAME": "mobilenet_v2", "MODEL.SSD.SIZE": 96,

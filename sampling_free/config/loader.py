@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..files import write_text_atomic
 from .schema import SCHEMA, Key
 
 
@@ -184,7 +185,7 @@ def load_config(
 
 
 def save_config(cfg: CfgNode, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def with_values(cfg: CfgNode, values: dict[str, Any]) -> CfgNode:

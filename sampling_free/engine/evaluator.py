@@ -14,8 +14,7 @@ from ..distributed import barrier, gather_objects, is_main, rank, world_size
 from ..evaluation.coco import format_table, run_inference, score_results, to_coco_results, without_masks
 from ..evaluation.voc import check_metric
 from ..modeling import build_model
-from ..modeling.backbone import load_state_dict_file
-from .checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_whole
 
 logger = logging.getLogger("sampling_free")
 
@@ -59,11 +58,8 @@ def model_from_checkpoint(cfg: CfgNode, path: str | Path, device: torch.device, 
     if not num_classes:
         raise ValueError(f"{path}: the checkpoint does not record its number of classes; set MODEL.NUM_CLASSES")
     model = build_model(cfg, num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the model of this config ({cfg.MODEL.META_ARCHITECTURE}, "
-                         f"{cfg.MODEL.BACKBONE.NAME}): {str(exc).splitlines()[0]}") from None
+    load_whole(model, state["model"], path,
+               described=f"the model of this config ({cfg.MODEL.META_ARCHITECTURE}, {cfg.MODEL.BACKBONE.NAME})")
     if cfg.MODEL.SAMPLING_FREE.PRIOR is not None:
         model.prior.set(cfg.MODEL.SAMPLING_FREE.PRIOR)
     return model.to(device)
@@ -81,27 +77,3 @@ def evaluate_weights(cfg: CfgNode, weights: list[Path], out_dir: Path, device: t
     logger.info("summary:\n%s", json.dumps({w: {d: m["bbox"] for d, m in r.items()} for w, r in summary.items()},
                                            indent=1))
     return summary
-
-
-def load_detector_weights(model, path: str | Path) -> dict:
-    """Initialise from a whole-detector checkpoint (ours, or a torchvision detector's state dict) for fine-tuning.
-
-    Tensors whose name and shape fit are loaded; heads of another shape (a different number of classes) keep
-    their fresh initialisation; the run's own prior π is kept. Everything not loaded is reported."""
-    state = load_state_dict_file(path)
-    own = model.state_dict()
-    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("prior.")}
-    report = {"loaded": len(loadable),
-              "reinitialised": sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape),
-              "missing": sorted(k for k in own if k not in state and not k.startswith("prior.")),
-              "unexpected": sorted(k for k in state if k not in own)}
-    if not loadable:
-        raise ValueError(f"{path}: no tensor in it fits this {type(model).__name__} (wrong architecture?); first "
-                         f"keys: {list(state)[:3]}")
-    model.load_state_dict(loadable, strict=False)
-    logger.info("initialised %d tensors from %s", report["loaded"], path)
-    for kind in ("reinitialised", "missing", "unexpected"):
-        if report[kind]:
-            logger.info("  %s (%d): %s%s", kind, len(report[kind]), ", ".join(report[kind][:8]),
-                        " ..." if len(report[kind]) > 8 else "")
-    return report

@@ -7,7 +7,6 @@ non-finite loss stops training before the optimizer step, leaving the last good 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -27,8 +26,8 @@ from ..modeling import build_model
 from ..files import write_json_atomic
 from ..prior import config_prior, estimate_prior, setting_from_config
 from ..records import note_source
-from .checkpoint import find_resumable, load_checkpoint, save_checkpoint
-from .evaluator import evaluate_checkpoint_model, load_detector_weights
+from ..checkpoint import find_resumable, load_checkpoint, load_fitting, load_whole, save_checkpoint
+from .evaluator import evaluate_checkpoint_model
 from .runtime import MetricsWriter, ensure_writable, resolve_device, setup_logging
 from .solver import build_optimizer, build_scheduler
 
@@ -148,7 +147,7 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
     resume_from = find_resumable(out_dir)
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        model.load_state_dict(state["model"])
+        load_whole(model, state["model"], resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
@@ -157,7 +156,7 @@ def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True
         start_iter = int(state["iteration"])
         logger.info("resumed from %s at iteration %d", resume_from, start_iter)
     elif cfg.MODEL.WEIGHT:
-        load_detector_weights(model, cfg.MODEL.WEIGHT)
+        load_fitting(model, cfg.MODEL.WEIGHT)
     if dist.is_main() and start_iter < cfg.SOLVER.MAX_ITER:
         note_source(out_dir, start_iter)
 

