@@ -21,7 +21,7 @@ import torch
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou
 
-from sampling_free.modeling.common import inside_image
+from sampling_free.modeling import inside_image
 
 from trained_run import load_trained_run
 

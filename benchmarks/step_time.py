@@ -28,9 +28,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from sampling_free.config import load_config
 from sampling_free.data.build import build_datasets, build_train_loader
-from sampling_free.modeling import build_model
-from sampling_free.modeling.backbone import build_backbone
-from sampling_free.modeling.common import build_anchor_generator
+from sampling_free.modeling import build_anchor_generator, build_backbone, build_model
 
 CONFIGS = {"faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
            "fcos": "configs/fcos/fcos_R_50_FPN_1x.yaml",

@@ -10,26 +10,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from .config import CfgNode, load_config
+from .config import CfgNode, find_config, load_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 ImageLike = Union[torch.Tensor, Image.Image, str, Path]
 
 
-def config_path(name: str | Path | None) -> Path:
-    """A config file by path or by its name under the packaged ``configs/``; ``None`` is the quickstart."""
-    if name is None:
-        return CONFIG_ROOT / "quickstart" / "retinanet_mobilenet_v2_shapes.yaml"
-    path = Path(name)
-    for candidate in (path, CONFIG_ROOT / path, CONFIG_ROOT / path.with_suffix(".yaml")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{name}: config file not found (looked in the current folder and {CONFIG_ROOT})")
-
-
 def _as_config(config) -> CfgNode:
-    return config if isinstance(config, CfgNode) else load_config(config_path(config))
+    return config if isinstance(config, CfgNode) else load_config(find_config(config))
 
 
 def _without_imagenet_weights(cfg: CfgNode) -> CfgNode:
@@ -180,8 +168,8 @@ def train(config_file: str | Path | None = None, *, overrides: dict[str, Any] | 
           evaluate: bool = True) -> dict:
     """``sampling-free train`` from Python: the config (default: the quickstart) with ``overrides``
     ({"SOLVER.MAX_ITER": 100}); returns the final evaluation's metrics per test dataset (empty without one)."""
-    from .engine.trainer import train as run_training
+    from .engine.trainer import run_training
 
-    path = config_path(config_file)
+    path = find_config(config_file)
     cfg = load_config(path, values=overrides or {})
     return run_training(cfg, config_file=str(path), evaluate=evaluate)

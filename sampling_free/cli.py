@@ -9,34 +9,21 @@ import re
 import sys
 from pathlib import Path
 
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = CONFIG_ROOT / "quickstart" / "retinanet_mobilenet_v2_shapes.yaml"
+from .config import find_config, load_config
+
 logger = logging.getLogger("sampling_free")
 
 
-def find_config(name: str | None) -> Path:
-    """A config file by path, or by its name inside the packaged ``configs/`` (``retinanet/retinanet_R_50_FPN_1x``)."""
-    if name is None:
-        return DEFAULT_CONFIG
-    path = Path(name)
-    for candidate in (path, CONFIG_ROOT / path, CONFIG_ROOT / path.with_suffix(".yaml")):
-        if candidate.is_file():
-            return candidate
-    raise SystemExit(f"error: config file {name!r} not found (looked in the current folder and {CONFIG_ROOT})")
-
-
 def _load(args):
-    from .config import load_config
-
     path = find_config(args.config_file)
     return load_config(path, args.opts), path
 
 
 def cmd_train(args) -> int:
-    from .engine.trainer import train
+    from .engine.trainer import run_training
 
     cfg, path = _load(args)
-    train(cfg, config_file=str(path), evaluate=not args.skip_test)
+    run_training(cfg, config_file=str(path), evaluate=not args.skip_test)
     return 0
 
 
@@ -50,7 +37,6 @@ def _split_trailing_overrides(values: list[str], opts: list[str]) -> tuple[list[
 
 
 def cmd_eval(args) -> int:
-    from .config import load_config
     from .engine.evaluator import evaluate_weights
     from .engine.runtime import resolve_device, setup_logging
     from .engine.trainer import default_output_dir
@@ -110,10 +96,9 @@ def cmd_data(args) -> int:
 
 def _detector(args, device: str | None):
     """The trained model of ``--weights``, built with ``--config-file`` or its run folder's ``config.yaml``."""
-    from .api import Detector, config_path
-    from .config import load_config
+    from .api import Detector
 
-    config = Path(args.weights).parent / "config.yaml" if args.config_file is None else config_path(args.config_file)
+    config = Path(args.weights).parent / "config.yaml" if args.config_file is None else find_config(args.config_file)
     if not config.is_file():
         raise SystemExit(f"error: give --config-file ({config} does not exist)")
     cfg = load_config(config)
@@ -267,31 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO JSON + image folders, or the PASCAL VOC devkit layout (XML, ImageSets/Main)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("demo", help="draw a trained model's detections on images (one PNG each)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
-    p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
-    p.add_argument("--config-file", metavar="FILE",
-                   help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+    def on_images(name, help):
+        """A command that runs a trained model on images: its inputs, weights and config."""
+        p = sub.add_parser(name, help=help)
+        p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
+        p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
+        p.add_argument("--config-file", metavar="FILE",
+                       help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+        p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
+        return p
+
+    p = on_images("demo", "draw a trained model's detections on images (one PNG each)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
     p.add_argument("--score-threshold", type=float, default=0.3, metavar="T",
                    help="draw detections scoring at least T (default 0.3). The model itself keeps far weaker ones "
                         "(score > 0.05, or > π·C when sampling-free, often below 0.01): AP rewards every extra true "
                         "positive ranked below the confident ones, a picture would drown in them")
-    p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("predict", help="a trained model's detections on images, as COCO results JSON")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images")
-    p.add_argument("--weights", required=True, metavar="W", help="checkpoint file")
-    p.add_argument("--config-file", metavar="FILE",
-                   help="YAML config the weights were trained with (default: config.yaml next to the weights)")
+    p = on_images("predict", "a trained model's detections on images, as COCO results JSON")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="JSON file: a list of {image_id, file_name, category_id, category_name, bbox [x, y, w, h], "
                         "score} (and segmentation, RLE, for mask models)")
     p.add_argument("--score-threshold", type=float, default=0.0, metavar="T",
                    help="keep detections scoring at least T (default 0: everything the model keeps, down to its own "
                         "test threshold, as COCO evaluation wants them)")
-    p.add_argument("--device", help="torch device (default: the config's MODEL.DEVICE)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a trained model (TorchScript or ONNX) and check it against the eager one")

@@ -98,7 +98,7 @@ def metrics_at_threshold(run_dir: Path, side: str) -> dict:
 
 def run_one(config_file, opts, values: dict, run_dir: Path) -> dict:
     """Metrics of one (variant, seed); trains unless a finished result is already there."""
-    from .engine.trainer import train
+    from .engine.trainer import run_training
 
     done = final_metrics(run_dir)
     if done is not None:
@@ -106,7 +106,7 @@ def run_one(config_file, opts, values: dict, run_dir: Path) -> dict:
         return done
     cfg = load_config(config_file, opts, values={**values, "OUTPUT_DIR": str(run_dir)})
     try:
-        train(cfg, config_file=str(config_file))
+        run_training(cfg, config_file=str(config_file))
     except FloatingPointError as exc:  # a variant expected to train badly may blow up: that is a result
         logger.warning("compare: %s diverged: %s", run_dir, exc)
         write_text_atomic(run_dir / "diverged.txt", str(exc))

@@ -13,20 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torchvision.models.detection import FCOS, RetinaNet
-from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
 
-from .modeling import fcos, rcnn, retinanet, ssd
-from .modeling.common import Switches
+from .modeling import Switches, from_torchvision
 from .modeling.contract import is_sampling_free
-from .prior import setting_from_transform
-from .prior import estimate_prior as count_prior
+from .prior import prior_with_counts, setting_from_transform
 
-SUPPORTED = ("torchvision.models.detection.RetinaNet (retinanet_resnet50_fpn, _v2)", "FCOS (fcos_resnet50_fpn)",
-             "FasterRCNN (fasterrcnn_resnet50_fpn, _v2, fasterrcnn_mobilenet_v3_large_fpn, _320_fpn)",
-             "MaskRCNN (maskrcnn_resnet50_fpn, _v2)", "SSD (ssd300_vgg16, ssdlite320_mobilenet_v3_large)")
 SWITCH_DEFAULTS = {"no_heuristic": True, "bias_init": True, "guided_loss": True, "adaptive_threshold": True,
                    "sync_guided_ratio": False, "guided_warmup_iters": 0, "learned_loss_weights": False}
 
@@ -46,12 +38,13 @@ def convert(model, *, annotations=None, prior: float | None = None, classificati
         raise TypeError(f"convert() got unknown switch(es) {unknown}; known: {sorted(SWITCH_DEFAULTS)}")
     values = {**SWITCH_DEFAULTS, **switches}
     default_scale = 2.0 if isinstance(model, GeneralizedRCNN) else 1.0
-    chosen = Switches(values["no_heuristic"], values["bias_init"], values["guided_loss"],
-                      values["adaptive_threshold"], default_scale if classification_scale is None
-                      else classification_scale, values["sync_guided_ratio"],
-                      values["guided_warmup_iters"] if values["guided_loss"] else 0,
-                      bool(values["learned_loss_weights"] and values["guided_loss"]))
-    converted = _from_torchvision(model, chosen)
+    chosen = Switches(no_heuristic=values["no_heuristic"], bias_init=values["bias_init"],
+                      guided_loss=values["guided_loss"], adaptive_threshold=values["adaptive_threshold"],
+                      classification_scale=default_scale if classification_scale is None else classification_scale,
+                      sync_guided_ratio=values["sync_guided_ratio"],
+                      guided_warmup_iters=values["guided_warmup_iters"] if values["guided_loss"] else 0,
+                      learned_loss_weights=bool(values["learned_loss_weights"] and values["guided_loss"]))
+    converted = from_torchvision(model, chosen)
     if prior is None and annotations is not None:
         prior = estimate_prior(converted, annotations, hflip_prob=hflip_prob)
     if prior is None and chosen.needs_prior:
@@ -66,25 +59,11 @@ def estimate_prior(model, annotations, *, hflip_prob: float = 0.5) -> float:
     """π for ``model`` (stock or converted) on ``annotations``: its anchors labelled by its matcher, at the sizes
     its transform resizes training images to, both flips weighted by ``hflip_prob``; no image is decoded for
     annotation files."""
-    converted = model if is_sampling_free(model) else _from_torchvision(model, Switches(True, True, True, True, 1.0))
+    everything_on = Switches(no_heuristic=True, bias_init=True, guided_loss=True, adaptive_threshold=True,
+                             classification_scale=1.0)
+    converted = model if is_sampling_free(model) else from_torchvision(model, everything_on)
     setting = setting_from_transform(converted.transform, hflip_prob=hflip_prob, detector=type(model).__name__)
-    return count_prior(converted, [_annotations(annotations)], setting)["prior"]
-
-
-def _from_torchvision(model, switches: Switches):
-    if is_sampling_free(model):
-        raise TypeError(f"{type(model).__name__} is already sampling-free; convert the stock torchvision model")
-    if isinstance(model, RetinaNet):
-        return retinanet.from_torchvision(model, switches)
-    if isinstance(model, FCOS):
-        return fcos.from_torchvision(model, switches)
-    if isinstance(model, SSD):
-        return ssd.from_torchvision(model, switches)
-    if isinstance(model, GeneralizedRCNN) and type(model.roi_heads) is RoIHeads and \
-            getattr(model.roi_heads, "keypoint_predictor", None) is None:
-        return rcnn.from_torchvision(model, switches)
-    raise TypeError(f"convert() does not know {type(model).__name__}; it converts stock torchvision detectors: "
-                    + "; ".join(SUPPORTED))
+    return prior_with_counts(converted, [_annotations(annotations)], setting)["prior"]
 
 
 def _annotations(annotations):

@@ -14,7 +14,6 @@ export can be trusted; see ``docs/demo_and_export.md`` for what exports per dete
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import logging
@@ -27,7 +26,6 @@ from torch import nn
 from torchvision.transforms.functional import resize
 
 from .files import atomic_path, write_text_atomic
-from .modeling.roi_align import with_torchvision_roi_align
 
 logger = logging.getLogger("sampling_free")
 
@@ -43,10 +41,6 @@ MATCH_PX = 2.0  # a same-class detection farther than this is another detection,
 WEAK_SCORE = 0.05
 
 
-def has_masks(model: nn.Module) -> bool:
-    return bool(getattr(model, "has_masks", False))
-
-
 class ExportWrapper(nn.Module):
     """(1, 3, H, W) RGB in [0, 1] -> boxes (N, 4) in the input's pixels, scores (N,), labels (N,) in 1..C, and
     for mask models masks (N, 1, H, W) probabilities: the model's own eval forward, as tensors."""
@@ -54,16 +48,11 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.output_names = ["boxes", "scores", "labels"] + (["masks"] if has_masks(model) else [])
+        self.output_names = ["boxes", "scores", "labels"] + (["masks"] if model.has_masks else [])
 
     def forward(self, image: torch.Tensor):
         detections = self.model([image[0]])[0]
         return tuple(detections[k] for k in self.output_names)
-
-
-def exportable_copy(model: nn.Module) -> nn.Module:
-    """An eval copy on the CPU whose RoIAlign is torchvision's ``MultiScaleRoIAlign`` (traceable)."""
-    return with_torchvision_roi_align(copy.deepcopy(model).eval().cpu())
 
 
 def resize_for_export(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -85,10 +74,10 @@ def export(model: nn.Module, *, fmt: str, out: str | Path, example: torch.Tensor
                                   "(onnx and onnxruntime, to check the export)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(exportable_copy(model))
+    wrapper = ExportWrapper(model.exportable())
     info = {"format": fmt, "method": "trace", "image_size": list(example.shape[-2:]),
             "outputs": wrapper.output_names, "class_names": list(class_names), "detector": type(model).__name__}
-    if getattr(model, "export_caveat", None):
+    if model.export_caveat:
         info["caveat"] = model.export_caveat
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -208,7 +208,7 @@ def setting_from_config(cfg, model) -> CountingSetting:
                                   detector=cfg.MODEL.META_ARCHITECTURE)
 
 
-def estimate_prior(model, datasets, setting: CountingSetting, *, class_names=None) -> dict:
+def prior_with_counts(model, datasets, setting: CountingSetting, *, class_names=None) -> dict:
     """π and the counts behind it, from the cache when the same setting was counted before. What the model then
     does with π (bias, thresholds) is the model's to report (``describe_prior``)."""
     counter = model.prior_counter()

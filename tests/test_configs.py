@@ -2,7 +2,7 @@
 
 import pytest
 
-from sampling_free.cli import CONFIG_ROOT
+from sampling_free.config import CONFIG_ROOT
 from sampling_free.config import load_config
 from sampling_free.modeling import build_model
 from paths import REPO
@@ -30,7 +30,7 @@ def test_config_builds(path):
 @pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "atss", "ssdlite"])
 def test_every_family_keeps_the_one_detector_contract(name):
     """What the trainer, prior.json, the API and export use: modeling/contract.py's SamplingFreeDetector."""
-    from sampling_free.modeling.contract import SamplingFreeDetector
+    from sampling_free.modeling.contract import PriorDescription, SamplingFreeDetector, TestThresholds
 
     cfg = load_config(REPO / "configs" / "quickstart" / f"{name}_mobilenet_v2_shapes.yaml",
                       values={"MODEL.BACKBONE.WEIGHTS": ""})
@@ -40,3 +40,19 @@ def test_every_family_keeps_the_one_detector_contract(name):
     report = model.describe_prior()
     assert report["prior"] == 1e-3 and report["score_threshold"] == pytest.approx(1e-4 if "rcnn" in name else 6e-3)
     assert model.prior_counter().num_classes == (1 if "rcnn" in name else 6)
+    # the same description for every family, and everything the engine, export and the benchmarks read declared
+    assert set(report) == set(PriorDescription.__annotations__)
+    assert report["bias"] is not None and isinstance(report["nms_threshold"], float)
+    assert model.has_masks == (name == "mask_rcnn") and (model.export_caveat is None) == (name != "cascade_rcnn")
+    assert callable(model.transform.resize)
+    # one way to read and to set the test thresholds: sampling-free's follow π, setting changes the baseline's
+    free = model.test_thresholds()
+    assert isinstance(free, TestThresholds) and free.score == pytest.approx(report["score_threshold"])
+    model.set_test_thresholds(score=0.3, nms=0.4)
+    assert model.test_thresholds().score == pytest.approx(free.score)  # still π's: adaptive is on
+    baseline = build_model(load_config(REPO / "configs" / "quickstart" / f"{name}_mobilenet_v2_shapes.yaml",
+                                       values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.SAMPLING_FREE_ON": False}), 6)
+    baseline.set_test_thresholds(score=0.3, nms=0.4)
+    assert baseline.test_thresholds() == (0.3, 0.4)
+    exported = model.exportable()
+    assert exported is not model and not exported.training and model.training

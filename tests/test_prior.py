@@ -143,7 +143,7 @@ def test_rpn_rule_class_agnostic_with_straddling_anchors_ignored():
 
 def test_estimate_is_cached_under_the_annotations_it_read(tmp_path):
     from sampling_free.config import load_config
-    from sampling_free.prior import estimate_prior, setting_from_config
+    from sampling_free.prior import prior_with_counts, setting_from_config
 
     cfg = load_config(values={"MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR": str(tmp_path), "INPUT.MIN_SIZE_TRAIN": [64],
                               "INPUT.MAX_SIZE_TRAIN": 64})
@@ -155,12 +155,12 @@ def test_estimate_is_cached_under_the_annotations_it_read(tmp_path):
             return make_counter()
 
     ds = StubDataset([((64, 64), BOXES, LABELS)])
-    first = estimate_prior(Model(), [ds], setting_from_config(cfg, Model()))
+    first = prior_with_counts(Model(), [ds], setting_from_config(cfg, Model()))
     assert first["source"] == "estimated"
     assert first["prior"] == pytest.approx(3 / 15 / 3)  # 3 foreground, 12 background, 3 classes
-    assert estimate_prior(Model(), [ds], setting_from_config(cfg, Model()))["source"].startswith("cache")
+    assert prior_with_counts(Model(), [ds], setting_from_config(cfg, Model()))["source"].startswith("cache")
     edited = StubDataset([((64, 64), BOXES[:2], LABELS[:2])])  # same name, one box fewer
-    second = estimate_prior(Model(), [edited], setting_from_config(cfg, Model()))
+    second = prior_with_counts(Model(), [edited], setting_from_config(cfg, Model()))
     assert second["source"] == "estimated" and second["cache_key"] != first["cache_key"]
 
 
@@ -213,7 +213,7 @@ def test_windowed_counting_equals_every_box_against_every_anchor(rule):
 def test_sampled_estimate_counts_exactly_the_chosen_images_with_a_standard_error(tmp_path):
     from sampling_free.config import load_config
     from sampling_free.modeling import build_model
-    from sampling_free.prior import estimate_prior, sample_folds, setting_from_config
+    from sampling_free.prior import prior_with_counts, sample_folds, setting_from_config
 
     cfg = load_config(str(CONFIGS / "quickstart/retinanet_mobilenet_v2_shapes.yaml"),
                       values={"MODEL.BACKBONE.WEIGHTS": "", "MODEL.BACKBONE.NAME": "resnet18",
@@ -221,17 +221,17 @@ def test_sampled_estimate_counts_exactly_the_chosen_images_with_a_standard_error
                               "MODEL.SAMPLING_FREE.PRIOR_CACHE_DIR": str(tmp_path), "MODEL.SAMPLING_FREE.PRIOR_IMAGES": 30})
     model = build_model(cfg, 3)
     ds = _random_dataset(7, n=60)
-    sampled = estimate_prior(model, [ds], setting_from_config(cfg, model))
+    sampled = prior_with_counts(model, [ds], setting_from_config(cfg, model))
     chosen = np.sort(np.concatenate(sample_folds(60, 30)))
     assert len(set(chosen.tolist())) == 30
     # independent: the chosen records as a dataset of their own, counted in one go
     subset = StubDataset([ds.records[i] for i in chosen])
-    exact_subset = estimate_prior(model, [subset], setting_from_config(_with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}), model))
+    exact_subset = prior_with_counts(model, [subset], setting_from_config(_with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}), model))
     assert sampled["images"] == 30 and sampled["images_in_dataset"] == 60
     assert sampled["num_foreground"] == pytest.approx(exact_subset["num_foreground"], rel=1e-12)
     assert sampled["num_background"] == pytest.approx(exact_subset["num_background"], rel=1e-12)
     assert sampled["prior_standard_error"] > 0
-    full = estimate_prior(model, [ds], setting_from_config(_with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}), model))
+    full = prior_with_counts(model, [ds], setting_from_config(_with(cfg, {"MODEL.SAMPLING_FREE.PRIOR_IMAGES": 0}), model))
     assert full["prior_standard_error"] is None and full["images"] == 60
     assert abs(sampled["prior"] - full["prior"]) < 5 * sampled["prior_standard_error"]
     assert sampled["cache_key"] != full["cache_key"]

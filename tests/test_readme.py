@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sampling_free.cli import build_parser, find_config, main
+from sampling_free.cli import build_parser, main
+from sampling_free.config import find_config
 from sampling_free.config import load_config
 from sampling_free.data import shapes
 

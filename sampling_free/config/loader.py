@@ -155,6 +155,22 @@ def _nest(flat: dict[str, Any]) -> CfgNode:
     return freeze(root)
 
 
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the packaged configs/ (the repository's folder)
+DEFAULT_CONFIG = CONFIG_ROOT / "quickstart" / "retinanet_mobilenet_v2_shapes.yaml"
+
+
+def find_config(name: str | Path | None) -> Path:
+    """A config file by path, or by its name inside the packaged ``configs/`` (``retinanet/retinanet_R_50_FPN_1x``);
+    ``None`` is the quickstart."""
+    if name is None:
+        return DEFAULT_CONFIG
+    path = Path(name)
+    for candidate in (path, CONFIG_ROOT / path, CONFIG_ROOT / path.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"config file {str(name)!r} not found (looked in the current folder and {CONFIG_ROOT})")
+
+
 def load_config(
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),

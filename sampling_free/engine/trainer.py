@@ -24,7 +24,7 @@ from ..data.build import batches, build_datasets, build_train_loader
 from ..mechanism import class_priors_from_counts
 from ..modeling import build_model
 from ..files import write_json_atomic
-from ..prior import config_prior, estimate_prior, setting_from_config
+from ..prior import config_prior, prior_with_counts, setting_from_config
 from ..records import note_source
 from ..checkpoint import find_resumable, load_checkpoint, load_fitting, load_whole, save_checkpoint
 from .evaluator import evaluate_checkpoint_model
@@ -54,7 +54,7 @@ def prepare_model(cfg: CfgNode, datasets, out_dir: Path | None):
     if cfg.MODEL.SAMPLING_FREE.PRIOR is not None:
         prior = config_prior(cfg.MODEL.SAMPLING_FREE.PRIOR)
     else:
-        prior = estimate_prior(model, datasets, setting_from_config(cfg, model), class_names=first.class_names)
+        prior = prior_with_counts(model, datasets, setting_from_config(cfg, model), class_names=first.class_names)
     per_class = None
     if model.switches.per_class_prior and "foreground_per_class" in prior:
         per_class = class_priors_from_counts(list(prior["foreground_per_class"].values()), prior["num_background"])
@@ -117,7 +117,9 @@ def gradient_clip(cfg: CfgNode, switches) -> float:
     return cfg.MODEL.SAMPLING_FREE.CLIP_GRAD_NORM if switches.guided_loss else 0.0
 
 
-def train(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True) -> dict:
+def run_training(cfg: CfgNode, *, config_file: str | None = None, evaluate: bool = True) -> dict:
+    """Train ``cfg`` (resuming its run folder when it holds a checkpoint), then evaluate on ``DATASETS.TEST``; the
+    engine behind ``sampling-free train`` and ``sampling_free.train``. Returns the metrics per test dataset."""
     device = resolve_device(cfg.MODEL.DEVICE)
     device = dist.init_from_environment(device.type) or device
     amp_dtype = _check_amp(cfg, device)

@@ -14,10 +14,10 @@ assignment is kept.
 from __future__ import annotations
 
 import torch
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.ops import box_iou
 
+from . import torchvision_internals as tv
 from .backbone import backbone_from_config
 from .common import build_anchor_generator, build_transform, resolve_switches
 from .fcos import SamplingFreeFCOS
@@ -90,6 +90,6 @@ def build_atss(cfg, num_classes: int) -> SamplingFreeFCOS:
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, topk_candidates=c.TOPK_CANDIDATES,
         focal_alpha=c.FOCAL_LOSS_ALPHA, focal_gamma=c.FOCAL_LOSS_GAMMA, guided_target=c.GUIDED_TARGET,
         threshold_on=c.THRESHOLD_ON, assign=atss_assign, assign_parameter=cfg.MODEL.ATSS.TOPK,
-        box_coder=det_utils.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)))
+        box_coder=tv.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)))
     model.set_classification_prior(c.PRIOR_PROB)
     return model

@@ -16,15 +16,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import boxes as box_ops
 
+from . import torchvision_internals as tv
 from .common import Switches, build_transform, frozen_ratio
-from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_loss, rcnn_box_loss, \
-    stage_switches
+from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_branch, mask_loss, \
+    rcnn_box_loss, stage_switches
 from .roi_align import ParallelMultiScaleRoIAlign
 
 
@@ -37,8 +36,8 @@ class CascadeStage(nn.Module):
         self.cls_score = nn.Linear(mlp_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(mlp_dim, 4)
         init_box_predictor(self)
-        self.matcher = det_utils.Matcher(iou, iou, allow_low_quality_matches=False)
-        self.box_coder = det_utils.BoxCoder(tuple(weights))
+        self.matcher = tv.Matcher(iou, iou, allow_low_quality_matches=False)
+        self.box_coder = tv.BoxCoder(tuple(weights))
 
     def forward(self, pooled: torch.Tensor):
         x = self.box_head(pooled)
@@ -53,7 +52,7 @@ class CascadeRoIHeads(nn.Module):
         super().__init__()
         self.box_roi_pool, self.stages = box_roi_pool, nn.ModuleList(stages)
         self.switches, self.loss_weights, self.smooth_l1_beta = switches, list(loss_weights), smooth_l1_beta
-        self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.sampler = tv.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
         self.baseline_score_thresh, self.free_score_thresh = score_thresh, free_score_thresh
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
@@ -165,12 +164,7 @@ def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     channels = backbone.out_channels
     stages = [CascadeStage(in_features=channels * b.POOLER_RESOLUTION**2, mlp_dim=b.MLP_HEAD_DIM,
                            num_classes=num_classes, iou=iou, weights=w) for iou, w in zip(c.IOUS, c.BBOX_REG_WEIGHTS)]
-    mask = {}
-    if m.MASK_ON:
-        mh = m.ROI_MASK_HEAD
-        mask = dict(mask_roi_pool=ParallelMultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
-                    mask_head=MaskRCNNHeads(channels, tuple(mh.CONV_LAYERS), 1),
-                    mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
+    mask = mask_branch(cfg, names, channels, num_classes)
     heads = CascadeRoIHeads(
         box_roi_pool=ParallelMultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO), stages=stages,
         switches=switches, loss_weights=c.STAGE_LOSS_WEIGHTS, batch_size_per_image=h.BATCH_SIZE_PER_IMAGE,

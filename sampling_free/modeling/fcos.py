@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.fcos import FCOS, FCOSHead
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from . import torchvision_internals as tv
 from ..distributed import average_count
 from .backbone import backbone_from_config
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, guided, \
@@ -110,7 +110,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
 
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Boxes (L, 4) from one image's deltas at its locations: FCOS's distances, or ATSS's anchor deltas."""
-        if isinstance(self.box_coder, det_utils.BoxCoder):
+        if isinstance(self.box_coder, tv.BoxCoder):
             return self.box_coder.decode_single(deltas, anchors)
         return self.box_coder.decode(deltas, anchors)
 
@@ -119,12 +119,10 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
                                       num_classes=self.num_classes, assign=self.assign,
                                       parameter=self.assign_parameter, rule=self.assign.__name__)
 
-    def test_thresholds(self) -> tuple:
-        """(score threshold, NMS IoU): the threshold a float, or a tensor of one per class with
-        ``per_class_prior``."""
-        if self.switches.adaptive_threshold:
-            return self.adaptive_thresholds(), self.nms_thresh
-        return self.score_thresh, self.nms_thresh
+    @property
+    def adaptive_nms_thresh(self) -> float:
+        """FCOS keeps its NMS IoU with the adaptive threshold (the original changed only RetinaNet's)."""
+        return self.nms_thresh
 
     def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
         cls_logits, deltas, ctrness = (head_outputs[k] for k in ("cls_logits", "bbox_regression", "bbox_ctrness"))

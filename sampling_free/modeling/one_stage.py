@@ -8,18 +8,18 @@ column 0 that is never a class (torchvision's models, whose ``num_classes`` coun
 from __future__ import annotations
 
 import torch
-from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import boxes as box_ops
 
+from . import torchvision_internals as tv
 from ..mechanism import adaptive_score_threshold, optimal_bias
-from .contract import bias_report, threshold_report
+from .contract import TestThresholds, TorchvisionThresholds, bias_report, threshold_report
 
 
-class OneStagePrior:
+class OneStagePrior(TorchvisionThresholds):
     """π, bias and thresholds of a one-stage detector whose classifier is ``head.classification_head``.
 
     Expects ``prior`` (a ``PriorBuffer``), ``class_prior`` (a per-class one with ``per_class_prior``, else None),
-    ``switches`` and ``label_offset``."""
+    ``switches``, ``label_offset`` and ``adaptive_nms_thresh`` (the NMS IoU with the adaptive threshold)."""
 
     @property
     def num_columns(self) -> int:
@@ -59,6 +59,12 @@ class OneStagePrior:
             return adaptive_score_threshold(self.prior.get(), self.num_classes)
         return (self.class_prior.get() * self.num_classes).clamp(max=1.0)
 
+    def test_thresholds(self) -> TestThresholds:
+        """The score threshold is a tensor of one per class with ``per_class_prior``."""
+        if self.switches.adaptive_threshold:
+            return TestThresholds(self.adaptive_thresholds(), self.adaptive_nms_thresh)
+        return TestThresholds(self.score_thresh, self.nms_thresh)
+
     def describe_prior(self) -> dict:
         per_class = self.class_prior.get().tolist() if self.class_prior is not None else None
         thresh, nms = self.test_thresholds()
@@ -83,7 +89,7 @@ def select_detections(levels, *, thresh, topk: int, nms_thresh: float, detection
     for deltas, probs, ranking, anchors in levels:
         keep = torch.where((probs > thresh).flatten())[0]
         scores = ranking.flatten()[keep]
-        scores, order = scores.topk(det_utils._topk_min(keep, topk, 0))
+        scores, order = scores.topk(tv.topk_min(keep, topk, 0))
         keep = keep[order]
         where, columns = keep // probs.shape[-1], keep % probs.shape[-1]
         boxes_all.append(box_ops.clip_boxes_to_image(decode(deltas[where], anchors[where]), image_shape))

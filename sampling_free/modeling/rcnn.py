@@ -32,14 +32,15 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
+from . import torchvision_internals as tv
 from ..distributed import average_count
 from ..mechanism import optimal_bias
 from .backbone import backbone_from_config
 from .prior_rules import AnchorPriorCounter
-from .contract import bias_report
+from .contract import TestThresholds, bias_report, eval_copy
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, \
     guided, inside_image, loss_weights, resolve_switches, weigh
-from .roi_align import ParallelMultiScaleRoIAlign
+from .roi_align import ParallelMultiScaleRoIAlign, with_torchvision_roi_align
 
 
 RPN_LOSSES = ("loss_objectness", "loss_rpn_box_reg")
@@ -258,9 +259,27 @@ class SamplingFreeRCNN(GeneralizedRCNN):
                 self.objectness_bias.fill_(optimal_bias(prior))
 
     def describe_prior(self) -> dict:
-        return {"prior": self.prior.get(), "num_classes": 1,
-                "objectness_bias": bias_report(self.rpn.switches, self.prior.get()),
-                "score_threshold": self.roi_heads.score_thresh}
+        """π is the RPN's (class-agnostic, C = 1) and sets its objectness bias; the thresholds are the box head's."""
+        thresh, nms = self.test_thresholds()
+        return {"prior": self.prior.get(), "class_priors": None, "num_classes": 1,
+                "bias": bias_report(self.rpn.switches, self.prior.get()), "score_threshold": thresh,
+                "nms_threshold": nms}
+
+    def test_thresholds(self) -> TestThresholds:
+        """The box head's: 1e-4 (``MODEL.SAMPLING_FREE.ROI_SCORE_THRESH``) with the adaptive threshold, as the
+        original, else the baseline's."""
+        return TestThresholds(self.roi_heads.score_thresh, self.roi_heads.nms_thresh)
+
+    def set_test_thresholds(self, *, score: float | None = None, nms: float | None = None) -> None:
+        if score is not None:
+            self.roi_heads.baseline_score_thresh = score
+        if nms is not None:
+            self.roi_heads.nms_thresh = nms
+
+    def exportable(self):
+        """Our parallel RoIAlign sizes its output with ``len(rois)``, which a trace freezes; the copy has
+        torchvision's ``MultiScaleRoIAlign`` instead (the same numbers at inference)."""
+        return with_torchvision_roi_align(eval_copy(self))
 
     def prior_counter(self) -> AnchorPriorCounter:
         """π of the RPN: its anchors (minus those straddling the border, as in its loss), its matcher, C = 1."""
@@ -280,6 +299,17 @@ class SamplingFreeRCNN(GeneralizedRCNN):
     def export_caveat(self) -> str | None:
         """What a traced export of this model cannot do, if anything (export.py records it)."""
         return getattr(self.roi_heads, "export_caveat", None)
+
+
+def mask_branch(cfg, feature_names, channels: int, num_classes: int) -> dict:
+    """The mask branch's modules (``mask_roi_pool``, ``mask_head``, ``mask_predictor``) of Mask and Cascade Mask
+    R-CNN, as RoI-head keyword arguments; empty without ``MODEL.MASK_ON``."""
+    if not cfg.MODEL.MASK_ON:
+        return {}
+    mh = cfg.MODEL.ROI_MASK_HEAD
+    return dict(mask_roi_pool=ParallelMultiScaleRoIAlign(feature_names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
+                mask_head=MaskRCNNHeads(channels, tuple(mh.CONV_LAYERS), 1),
+                mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
 
 
 def stage_switches(cfg) -> tuple[Switches, Switches]:
@@ -319,12 +349,7 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
     backbone, rpn, names = build_backbone_and_rpn(cfg, rpn_switches)
     h, b = m.ROI_HEADS, m.ROI_BOX_HEAD
     box_pool = ParallelMultiScaleRoIAlign(names, b.POOLER_RESOLUTION, b.POOLER_SAMPLING_RATIO)
-    mask_kwargs = {}
-    if m.MASK_ON:
-        mh = m.ROI_MASK_HEAD
-        mask_kwargs = dict(mask_roi_pool=ParallelMultiScaleRoIAlign(names, mh.POOLER_RESOLUTION, mh.POOLER_SAMPLING_RATIO),
-                           mask_head=MaskRCNNHeads(backbone.out_channels, tuple(mh.CONV_LAYERS), 1),
-                           mask_predictor=MaskRCNNPredictor(mh.CONV_LAYERS[-1], mh.CONV_LAYERS[-1], num_classes + 1))
+    mask_kwargs = mask_branch(cfg, names, backbone.out_channels, num_classes)
     predictor = FastRCNNPredictor(b.MLP_HEAD_DIM, num_classes + 1)
     init_box_predictor(predictor)
     roi_heads = SamplingFreeRoIHeads(
@@ -350,8 +375,8 @@ def from_torchvision(model: GeneralizedRCNN, switches: Switches) -> SamplingFree
         switches=switches, rpn_scale=1.0, straddle_thresh=-1, smooth_l1_beta=1.0 / 9,
         anchor_generator=rpn.anchor_generator, head=rpn.head, fg_iou_thresh=rpn.proposal_matcher.high_threshold,
         bg_iou_thresh=rpn.proposal_matcher.low_threshold, batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
-        positive_fraction=rpn.fg_bg_sampler.positive_fraction, pre_nms_top_n=dict(rpn._pre_nms_top_n),
-        post_nms_top_n=dict(rpn._post_nms_top_n), nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh)
+        positive_fraction=rpn.fg_bg_sampler.positive_fraction, pre_nms_top_n=tv.rpn_top_n(rpn)[0],
+        post_nms_top_n=tv.rpn_top_n(rpn)[1], nms_thresh=rpn.nms_thresh, score_thresh=rpn.score_thresh)
     masks = {name: getattr(heads, name) for name in ("mask_roi_pool", "mask_head", "mask_predictor")}
     new_heads = SamplingFreeRoIHeads(
         switches=switches, smooth_l1_beta=1.0 / 9, free_score_thresh=1e-4, box_roi_pool=heads.box_roi_pool,

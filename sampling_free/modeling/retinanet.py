@@ -32,12 +32,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 from torchvision.ops.misc import Conv2dNormActivation
 
+from . import torchvision_internals as tv
 from ..distributed import average_count
 from .backbone import backbone_from_config
 from .common import PriorBuffer, Switches, build_anchor_generator, build_transform, frozen_ratio, guided, \
@@ -52,7 +52,7 @@ LOSS_NAMES = {"original": ("loss_retina_cls", "loss_retina_reg"), "torchvision":
 class RetinaNetLoss(nn.Module):
     """Classification and box losses of RetinaNet for one batch, baseline or sampling-free (see module doc)."""
 
-    def __init__(self, *, switches: Switches, matcher: det_utils.Matcher, box_coder: det_utils.BoxCoder,
+    def __init__(self, *, switches: Switches, matcher: tv.Matcher, box_coder: tv.BoxCoder,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, style: str = "original",
                  box_loss: str = "smooth_l1", smooth_l1_beta: float = 0.11, label_offset: int = 1):
         super().__init__()
@@ -90,7 +90,7 @@ class RetinaNetLoss(nn.Module):
             labels = torch.zeros_like(logits)
             gt_boxes = t["boxes"][m[fg]]
             labels[fg, t["labels"][m[fg]] - self.label_offset] = self.positive_targets(gt_boxes, deltas[fg], a[fg])
-            valid = m != det_utils.Matcher.BETWEEN_THRESHOLDS
+            valid = m != tv.Matcher.BETWEEN_THRESHOLDS
             per_image.append((self.classification(logits[valid], labels[valid]),
                               self.box_loss(gt_boxes, deltas[fg], a[fg]), len(fg)))
         if self.style == "original":
@@ -123,7 +123,7 @@ class RetinaNetLoss(nn.Module):
         if self.style == "original":
             return F.smooth_l1_loss(deltas, self.box_coder.encode_single(boxes, anchors), beta=self.smooth_l1_beta,
                                     reduction="sum")
-        return det_utils._box_loss(self.box_loss_type, self.box_coder, anchors, boxes, deltas,
+        return tv.box_loss(self.box_loss_type, self.box_coder, anchors, boxes, deltas,
                                    {"beta": self.smooth_l1_beta})
 
 
@@ -143,13 +143,6 @@ class SamplingFreeRetinaNet(OneStagePrior, RetinaNet):
         self.prior = PriorBuffer()
         self.class_prior = PriorBuffer(self.num_classes) if switches.per_class_prior else None
         self.loss_weights = loss_weights(switches, LOSS_NAMES[loss.style])
-
-    def test_thresholds(self) -> tuple:
-        """(score threshold, NMS IoU) used at inference; the threshold is a tensor of one per class with
-        ``per_class_prior``."""
-        if self.switches.adaptive_threshold:
-            return self.adaptive_thresholds(), self.adaptive_nms_thresh
-        return self.score_thresh, self.nms_thresh
 
     def prior_counter(self) -> AnchorPriorCounter:
         """The rule π is counted with: this model's anchors and matcher, per foreground class."""
@@ -201,9 +194,9 @@ def build_retinanet(cfg, num_classes: int) -> SamplingFreeRetinaNet:
     head.classification_head.conv = _tower(backbone.out_channels, rc.NUM_CONVS, rc.HEAD_NORM)
     head.regression_head.conv = _tower(backbone.out_channels, rc.NUM_CONVS, rc.HEAD_NORM)
     loss = RetinaNetLoss(
-        switches=switches, matcher=det_utils.Matcher(rc.FG_IOU_THRESHOLD, rc.BG_IOU_THRESHOLD,
+        switches=switches, matcher=tv.Matcher(rc.FG_IOU_THRESHOLD, rc.BG_IOU_THRESHOLD,
                                                      allow_low_quality_matches=True),
-        box_coder=det_utils.BoxCoder(weights=tuple(rc.BBOX_REG_WEIGHTS)), focal_alpha=rc.FOCAL_LOSS_ALPHA,
+        box_coder=tv.BoxCoder(weights=tuple(rc.BBOX_REG_WEIGHTS)), focal_alpha=rc.FOCAL_LOSS_ALPHA,
         focal_gamma=rc.FOCAL_LOSS_GAMMA, style=rc.LOSS_STYLE, box_loss=rc.BBOX_REG_LOSS,
         smooth_l1_beta=rc.SMOOTH_L1_BETA, label_offset=label_offset)
     model = SamplingFreeRetinaNet(
@@ -220,7 +213,7 @@ def from_torchvision(model: RetinaNet, switches: Switches, *, adaptive_nms_thres
     """A stock torchvision ``RetinaNet`` (v1 or v2 head) made sampling-free, on its own modules and weights: its
     transform, anchors, matcher, box coder and box loss type, torchvision's loss normalisation, column = label."""
     loss = RetinaNetLoss(switches=switches, matcher=model.proposal_matcher, box_coder=model.box_coder,
-                         style="torchvision", box_loss=model.head.regression_head._loss_type, smooth_l1_beta=1.0,
+                         style="torchvision", box_loss=tv.regression_loss_type(model.head.regression_head), smooth_l1_beta=1.0,
                          label_offset=0)
     return SamplingFreeRetinaNet(
         model.backbone, head=model.head, anchor_generator=model.anchor_generator, transform=model.transform,

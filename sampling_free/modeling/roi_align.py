@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+from . import torchvision_internals as tv
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -41,7 +42,7 @@ class _ChannelParallelRoIAlign(torch.autograd.Function):
         chunks = [g.float().contiguous() for g in grad.chunk(torch.get_num_threads(), dim=1)]
 
         def backward_chunk(g):
-            return torch.ops.torchvision._roi_align_backward(g, rois, spatial_scale, ph, pw, n, g.shape[1], h, w,
+            return tv.roi_align_backward(g, rois, spatial_scale, ph, pw, n, g.shape[1], h, w,
                                                              sampling_ratio, False)
 
         grads = torch.cat(list(_threads().map(backward_chunk, chunks)), dim=1).to(dtype)
@@ -59,11 +60,11 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same level assignment, same numbers) with the backward above."""
 
     def forward(self, x, boxes, image_shapes):
-        features = _filter_input(x, self.featmap_names)
+        features = tv.filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+            self.scales, self.map_levels = tv.setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        rois = _convert_to_roi_format(boxes)
+        rois = tv.convert_to_roi_format(boxes)
         if len(features) == 1:
             return roi_align(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.map_levels(boxes)

@@ -27,11 +27,13 @@ from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
-from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
+from torchvision.models.detection.ssdlite import SSDLiteHead
 
+from . import torchvision_internals as tv
+from ..distributed import average_count
 from .backbone import build_trunk
 from .common import PriorBuffer, Switches, frozen_ratio, guided, loss_weights, resolve_switches, weigh
-from .contract import bias_report, threshold_report
+from .contract import TestThresholds, TorchvisionThresholds, bias_report, threshold_report
 from ..mechanism import adaptive_score_threshold
 from .prior_rules import SSDPriorCounter
 
@@ -45,7 +47,7 @@ def softmax_prior_bias(prior: float, num_classes: int) -> tuple[float, float]:
     return math.log(1.0 - num_classes * prior), math.log(prior)
 
 
-class SamplingFreeSSD(SSD):
+class SamplingFreeSSD(TorchvisionThresholds, SSD):
     """torchvision ``SSD`` from its parts, with the loss, bias and threshold above; labels are 1..C, column 0 the
     background (as torchvision's)."""
 
@@ -102,13 +104,13 @@ class SamplingFreeSSD(SSD):
     def score_thresh(self, value: float) -> None:
         self.baseline_score_thresh = value
 
-    def test_thresholds(self) -> tuple[float, float]:
-        return self.score_thresh, self.nms_thresh
+    def test_thresholds(self) -> TestThresholds:
+        return TestThresholds(self.score_thresh, self.nms_thresh)
 
     def describe_prior(self) -> dict:
         thresh, nms = self.test_thresholds()
         bias = bias_report(self.switches, self.prior.get())
-        return {"prior": self.prior.get(), "num_classes": self.num_classes,
+        return {"prior": self.prior.get(), "class_priors": None, "num_classes": self.num_classes,
                 "bias": None if bias is None else list(softmax_prior_bias(self.prior.get(), self.num_classes)),
                 "score_threshold": threshold_report(thresh), "nms_threshold": nms}
 
@@ -125,7 +127,8 @@ class SamplingFreeSSD(SSD):
         return weigh(self.loss_weights, losses)
 
     def _every_box_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, torch.Tensor]:
-        """Cross-entropy over every default box and smooth-L1 over the positives, each summed ÷ #positives."""
+        """Cross-entropy over every default box and smooth-L1 over the positives, each summed ÷ #positives (averaged
+        over processes, as every loss of our families: N processes train like one with the same global batch)."""
         cls_logits, deltas = head_outputs["cls_logits"], head_outputs["bbox_regression"]
         box_loss, cls_targets, num_pos = [], [], 0
         for t, d, a, m in zip(targets, deltas, anchors, matched_idxs):
@@ -137,7 +140,7 @@ class SamplingFreeSSD(SSD):
             labels[fg] = t["labels"][m[fg]]
             cls_targets.append(labels)
         cls = F.cross_entropy(cls_logits.reshape(-1, cls_logits.shape[-1]), torch.cat(cls_targets), reduction="sum")
-        n = max(1, num_pos)
+        n = average_count(num_pos)
         return {"classification": cls / n, "bbox_regression": torch.stack(box_loss).sum() / n}
 
 
@@ -149,7 +152,7 @@ class MobileNetV2SSDLiteFeatures(nn.Module):
         super().__init__()
         self.c4, self.c5 = trunk[:14], trunk[14:]
         channels = [96, 1280, *extra_channels]
-        self.extra = nn.ModuleList(_extra_block(i, o, norm_layer) for i, o in zip(channels[1:-1], channels[2:]))
+        self.extra = nn.ModuleList(tv.ssdlite_extra_block(i, o, norm_layer) for i, o in zip(channels[1:-1], channels[2:]))
         self.out_channels = channels
 
     def forward(self, x):
