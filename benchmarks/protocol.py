@@ -5,6 +5,7 @@ then the test split once, five seeds, both variants at both test thresholds.
     python benchmarks/protocol.py choose retinanet_shapes   # best setting per side -> results/choices/<bench>.json
     python benchmarks/protocol.py test retinanet_shapes     # both sides, chosen settings, seeds 0-4, test split
     python benchmarks/protocol.py curve retinanet_shapes    # seed 0's checkpoints (every 100 iterations) evaluated
+    python benchmarks/protocol.py collect retinanet_shapes  # their AP against training time -> results/curves/
 
 Every run is a ``sampling-free compare`` of one variant and one seed (so ``--jobs 2`` runs two at once, each on one
 thread, and an interrupted protocol resumes run by run), writing its record under ``results/records/<bench>/``.
@@ -94,6 +95,32 @@ def curve_job(bench: str, b: Benchmark, variant: str, setting: dict, seed: int, 
                                                    str(run / "config.yaml"), "--iters", *iters]
 
 
+def collect_curves(bench: str, b: Benchmark, results: Path, args) -> dict:
+    """Seed 0's AP at each checkpoint against the training seconds spent to reach it (summed from metrics.jsonl),
+    both sides; the two ran side by side, each on one thread, so their clocks ran under the same load."""
+    choice = json.loads((results / "choices" / f"{bench}.json").read_text())
+    curves = {}
+    for variant in ("baseline", "sampling_free"):
+        run = run_folder(bench, b.test_split, choice[variant]["chosen"], args) / variant / f"seed{TEST_SEEDS[0]}"
+        log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        seconds, done, elapsed = {}, 0, 0.0
+        for entry in log:
+            elapsed += entry["time"] * (entry["iteration"] - done)
+            done = entry["iteration"]
+            seconds[done] = elapsed
+        points = []
+        for metrics in sorted(run.glob("inference/*/model_*/metrics.json")):
+            name = metrics.parent.name
+            if name != "model_final" and not name[len("model_"):].isdigit():
+                continue  # the evaluation at the other side's threshold
+            iteration = done if name == "model_final" else int(name[len("model_"):])
+            points.append({"iteration": iteration, "seconds": round(seconds[iteration], 1),
+                           "AP": json.loads(metrics.read_text())["bbox"]["AP"]})
+        curves[variant] = {"seed": TEST_SEEDS[0], "points": sorted(points, key=lambda p: p["iteration"]),
+                           "source": json.loads((run / "source.json").read_text())["starts"][0]}
+    return curves
+
+
 def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path) -> int:
     """Run the commands ``jobs`` at a time, each on one thread; returns the number that failed."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +167,7 @@ def choose(bench: str, b: Benchmark, results: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["tune", "choose", "test", "curve"])
+    p.add_argument("step", choices=["tune", "choose", "test", "curve", "collect"])
     p.add_argument("benchmarks", nargs="+", choices=list(BENCHMARKS))
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     p.add_argument("--seeds", type=int, nargs="+", help="override the step's seeds")
@@ -161,6 +188,11 @@ def main(argv=None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(choice, indent=2) + "\n")
             print(path, {v: choice[v]["chosen"] for v in ("baseline", "sampling_free")})
+        elif args.step == "collect":
+            path = results / "curves" / f"{bench}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(collect_curves(bench, b, results, args), indent=1) + "\n")
+            print(path)
         else:
             choice = json.loads((results / "choices" / f"{bench}.json").read_text())
             for seed in args.seeds or (TEST_SEEDS if args.step == "test" else TEST_SEEDS[:1]):

@@ -122,7 +122,7 @@ def setting_text(setting: dict) -> str:
     return ", ".join(f"`{k} {v}`" for k, v in setting.items()) or "the config's"
 
 
-def results_section(results: Path) -> str:
+def results_section(results: Path, *, draw: bool = False) -> str:
     parts = []
     for bench, label, masks in ROWS:
         data = load(results, bench)
@@ -167,11 +167,66 @@ def results_section(results: Path) -> str:
                               ("threshold_alone", "the threshold alone: heuristic at sampling-free's − at its own")):
                 per = ", ".join(f"{x:+.1f}" for x in d[key]["per_seed"])
                 parts.append(f"| {name} | {format_difference(d[key])} | {per} | {d[key]['verdict']} |")
+        parts.append(time_section(results, bench, label, draw=draw))
         one = test["sampling_free"][seeds[0]]
         parts.append(f"\nRecords: `results/records/{bench}/`; commit {one['commit'][:7]}; {one['machine']}. "
                      f"One run: `{command_of(one)}`. All of them: `python benchmarks/protocol.py tune {bench}`, "
                      f"`choose`, `test`.\n")
     return "\n".join(parts) if parts else "No benchmark has finished the protocol yet."
+
+
+def seconds_to_reach(points: list[dict], target: float) -> float | None:
+    """Training seconds at which a curve of checkpoint APs first reaches ``target``, linear between checkpoints
+    (from 0 AP at 0 s); None if it never does."""
+    previous = {"seconds": 0.0, "AP": 0.0}
+    for point in points:
+        if point["AP"] >= target:
+            rise = point["AP"] - previous["AP"]
+            share = (target - previous["AP"]) / rise if rise > 0 else 1.0
+            return previous["seconds"] + share * (point["seconds"] - previous["seconds"])
+        previous = point
+    return None
+
+
+def time_section(results: Path, bench: str, label: str, *, draw: bool) -> str:
+    """AP against training time for seed 0 of both sides: a table here, a plot under docs/images when drawing."""
+    path = results / "curves" / f"{bench}.json"
+    if not path.exists():
+        return ""
+    curves = json.loads(path.read_text())
+    base, free = curves["baseline"]["points"], curves["sampling_free"]["points"]
+    target = base[-1]["AP"]
+    reach = {side: seconds_to_reach(curves[side]["points"], target) for side in SIDES}
+    image = f"images/time_to_ap_{bench}.png"
+    if draw:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for side, name in (("baseline", "heuristic"), ("sampling_free", "sampling-free")):
+            pts = curves[side]["points"]
+            ax.plot([p["seconds"] for p in pts], [p["AP"] for p in pts], marker="o", label=name)
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("training seconds (seed 0; two runs sharing 2 cores, one thread each)")
+        ax.set_ylabel("box AP, test split")
+        ax.set_title(label)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(ROOT / "docs" / image, dpi=100)
+        plt.close(fig)
+
+    def cell(seconds):
+        return "not reached" if seconds is None else f"{seconds:.0f} s"
+
+    return (f"\nTime to accuracy, seed 0 (checkpoints every 100 iterations evaluated on the test split; the clock is "
+            f"training time from `metrics.jsonl`, both runs side by side on the 2-core machine):\n\n"
+            f"| side | final AP | training time | time to reach the heuristic's final AP ({target:.1f}) |\n"
+            f"|---|---|---|---|\n"
+            f"| heuristic | {target:.1f} | {base[-1]['seconds']:.0f} s | {cell(reach['baseline'])} |\n"
+            f"| sampling-free | {free[-1]['AP']:.1f} | {free[-1]['seconds']:.0f} s | {cell(reach['sampling_free'])} |\n"
+            f"\n![{label}: AP against training time]({image})\n")
 
 
 def replace_between(text: str, name: str, body: str, path: Path) -> str:
@@ -182,10 +237,10 @@ def replace_between(text: str, name: str, body: str, path: Path) -> str:
     return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
-def generate(results: Path) -> dict[Path, str]:
+def generate(results: Path, *, draw: bool = False) -> dict[Path, str]:
     readme, doc = ROOT / "README.md", ROOT / "docs" / "results.md"
     return {readme: replace_between(readme.read_text(), "results table", readme_table(results), readme),
-            doc: replace_between(doc.read_text(), "protocol tables", results_section(results), doc)}
+            doc: replace_between(doc.read_text(), "protocol tables", results_section(results, draw=draw), doc)}
 
 
 def main(argv=None) -> int:
@@ -202,7 +257,7 @@ def main(argv=None) -> int:
         for path in changed:
             print(f"{path.relative_to(ROOT)}: differs from what the records give; run python benchmarks/tables.py")
         return 1 if bad or changed else 0
-    for path, text in generate(results).items():
+    for path, text in generate(results, draw=True).items():
         path.write_text(text)
     return 1 if bad else 0
 

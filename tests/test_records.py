@@ -93,3 +93,20 @@ def test_the_generated_tables_are_what_the_records_give():
     results/records, and no record feeding them is stale or from an uncommitted tree."""
     done = subprocess.run([sys.executable, "benchmarks/tables.py", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_seconds_to_reach_interpolates_between_checkpoints():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tables", ROOT / "benchmarks" / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(tables)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    points = [{"seconds": 100.0, "AP": 20.0}, {"seconds": 200.0, "AP": 40.0}, {"seconds": 300.0, "AP": 38.0}]
+    assert tables.seconds_to_reach(points, 30.0) == pytest.approx(150.0)  # halfway from 20 to 40
+    assert tables.seconds_to_reach(points, 10.0) == pytest.approx(50.0)  # from (0 s, 0 AP) to the first checkpoint
+    assert tables.seconds_to_reach(points, 40.0) == pytest.approx(200.0)
+    assert tables.seconds_to_reach(points, 41.0) is None
