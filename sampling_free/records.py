@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -120,8 +121,16 @@ def read_source(run_dir: str | Path) -> dict:
 def command_of(record: dict) -> str:
     """The shell command that reruns a record's run (``sampling-free compare`` of its one variant and seed)."""
     scoped = [f"{record['variant']}:{x}" if i % 2 == 0 else x for i, x in enumerate(record["variant_overrides"])]
-    return shlex.join(["sampling-free", "compare", "--config-file", record["config_file"], "--seeds",
-                       str(record["seed"]), "--variants", record["variant"], *record["overrides"], *scoped])
+    words = ["sampling-free", "compare", "--config-file", record["config_file"], "--seeds", str(record["seed"]),
+             "--variants", record["variant"], *record["overrides"], *scoped]
+    return " ".join(_quoted(w) for w in words)
+
+
+def _quoted(word: str) -> str:
+    """A shell word as a person would type it: bare when safe, "in double quotes" for a Python list."""
+    if re.fullmatch(r"[\w.:/=,+@%-]+", word):
+        return word
+    return f'"{word}"' if not re.search(r'["$`\\!]', word) else shlex.quote(word)
 
 
 def record_path(folder: str | Path, split: str, variant: str, slug: str, seed: int) -> Path:
@@ -190,12 +199,15 @@ def paired_difference(treated: dict[int, float], control: dict[int, float], *, c
 
 
 def format_difference(d: dict, digits: int = 1) -> str:
-    """``+1.6 [+0.4, +2.8]`` (mean and 95 % interval)."""
+    """``+1.6 [+0.4, +2.8]`` (mean and 95 % interval; ``-0.7 [-1.5, -0.04]`` where a bound is near 0)."""
     if math.isnan(d["mean"]):
         return "—"
+    def signed(x):  # a bound that rounds to 0 gets one more digit: its sign is the verdict
+        return f"{x:+.{digits + 1}f}" if round(x, digits) == 0 and x != 0 else f"{x:+.{digits}f}"
+
     if math.isnan(d["low"]):
         return f"{d['mean']:+.{digits}f}"
-    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+    return f"{d['mean']:+.{digits}f} [{signed(d['low'])}, {signed(d['high'])}]"
 
 
 # ---- whether a record still describes the code ----------------------------------------------------------------

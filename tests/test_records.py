@@ -38,6 +38,8 @@ def test_paired_difference_by_hand():
     behind = records.paired_difference(control, {s: v + 1 for s, v in treated.items()})
     assert behind["verdict"] == "behind" and behind["high"] < 0
     assert records.paired_difference({0: 1.0}, {0: 0.5})["verdict"] == "one seed"
+    near = {"mean": -0.7, "low": -1.5, "high": -0.04}
+    assert records.format_difference(near) == "-0.7 [-1.5, -0.04]"  # never a bare "-0.0" bound
 
 
 def _git(*args):
@@ -110,3 +112,17 @@ def test_seconds_to_reach_interpolates_between_checkpoints():
     assert tables.seconds_to_reach(points, 10.0) == pytest.approx(50.0)  # from (0 s, 0 AP) to the first checkpoint
     assert tables.seconds_to_reach(points, 40.0) == pytest.approx(200.0)
     assert tables.seconds_to_reach(points, 41.0) is None
+
+
+def test_a_records_command_runs_as_printed():
+    """The command in a record, split as a shell splits it, gives back the run's own words."""
+    import shlex
+
+    record = {"config_file": "configs/quickstart/x.yaml", "seed": 3, "variant": "baseline",
+              "overrides": ["DATASETS.TEST", "['shapes_val']", "SOLVER.MAX_ITER", "600"],
+              "variant_overrides": ["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.0"]}
+    command = records.command_of(record)
+    assert "\"['shapes_val']\"" in command
+    assert shlex.split(command) == ["sampling-free", "compare", "--config-file", "configs/quickstart/x.yaml",
+                                    "--seeds", "3", "--variants", "baseline", "DATASETS.TEST", "['shapes_val']",
+                                    "SOLVER.MAX_ITER", "600", "baseline:MODEL.RETINANET.FOCAL_LOSS_GAMMA", "1.0"]
