@@ -38,7 +38,7 @@ class Benchmark:
     config: str
     tune_split: str
     test_split: str
-    baseline_grid: tuple[dict, ...]  # the first setting of each grid is the config's own (the default)
+    baseline_grid: tuple[dict, ...]  # ties go to the earlier setting
     free_grid: tuple[dict, ...]
     common: tuple[str, ...] = ()
 
@@ -55,7 +55,20 @@ RCNN_BASELINE_GRID = tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_S
                            for c in (0.0, 5.0) for n in (256, 512))
 RCNN_FREE_GRID = tuple({"MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": c, "MODEL.RPN.POST_NMS_TOP_N_TRAIN": n}
                        for c in (5.0, 0.0) for n in (500, 1000))
-Q = "configs/quickstart"
+def rcnn_grids(*, sample: tuple[int, int], proposals: tuple[int, int]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """R-CNN grids of the same size: each side's clip × its training set of RoIs."""
+    return (tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": n} for c in (0.0, 5.0)
+                  for n in sample),
+            tuple({"MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": c, "MODEL.RPN.POST_NMS_TOP_N_TRAIN": n} for c in (5.0, 0.0)
+                  for n in proposals))
+
+
+# SSD's heuristic is hard-negative mining: its negatives-per-positive ratio against sampling-free's guided scale
+MINING_GRID = tuple({"MODEL.SSD.NEG_POS_RATIO": r} for r in (3.0, 2.0, 5.0))
+# Dense scenes: the sampling-free RPN's box-loss normaliser is its knob there (results.md), beside the clip
+DENSE_FREE_GRID = tuple({"MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": c, "MODEL.RPN.BOX_LOSS_NORMALIZER": n}
+                        for c in (5.0, 0.0) for n in ("positives", "images"))
+Q, D = "configs/quickstart", "configs/dense"
 BENCHMARKS = {
     "retinanet_shapes": Benchmark(f"{Q}/retinanet_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
                                   focal_grid("RETINANET"), SCALE_GRID),
@@ -65,6 +78,16 @@ BENCHMARKS = {
                                     RCNN_BASELINE_GRID, RCNN_FREE_GRID),
     "mask_rcnn_shapes": Benchmark(f"{Q}/mask_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
                                   RCNN_BASELINE_GRID, RCNN_FREE_GRID),
+    "cascade_rcnn_shapes": Benchmark(f"{Q}/cascade_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                                     *rcnn_grids(sample=(128, 256), proposals=(300, 600))),
+    "atss_shapes": Benchmark(f"{Q}/atss_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                             focal_grid("FCOS"), SCALE_GRID),
+    "ssdlite_shapes": Benchmark(f"{Q}/ssdlite_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                                MINING_GRID, SCALE_GRID),
+    "retinanet_dense": Benchmark(f"{D}/retinanet_mobilenet_v2_dense.yaml", "shapes_dense_minival", "shapes_dense_val",
+                                 focal_grid("RETINANET"), SCALE_GRID),
+    "faster_rcnn_dense": Benchmark(f"{D}/faster_rcnn_mobilenet_v2_dense.yaml", "shapes_dense_minival",
+                                   "shapes_dense_val", RCNN_BASELINE_GRID, DENSE_FREE_GRID),
 }
 
 
