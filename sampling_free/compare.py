@@ -43,7 +43,10 @@ VARIANTS = {
     "adaptive_threshold": ("removed + adaptive threshold", {**_OFF, "MODEL.SAMPLING_FREE.NO_HEURISTIC": True,
                                                             "MODEL.SAMPLING_FREE.ADAPTIVE_THRESHOLD": True}),
     "sampling_free": ("sampling-free (all three)", {"MODEL.SAMPLING_FREE_ON": True}),
+    # R-CNNs: the strongest RoI sampler to compare with, online hard example mining (the baseline otherwise)
+    "ohem": ("heuristic with OHEM (R-CNNs)", {**_OFF, "MODEL.ROI_HEADS.SAMPLER": "ohem"}),
 }
+ABLATION = ["baseline", "no_heuristic", "bias_init", "guided_loss", "adaptive_threshold", "sampling_free"]  # default
 # The test-time setting of each side: MODEL.SAMPLING_FREE.ADAPTIVE_THRESHOLD (sampling-free: π·C one-stage, 1e-4 and
 # its NMS for R-CNN box heads; baseline: the family's SCORE_THRESH and NMS_THRESH).
 THRESHOLDS = {"baseline": False, "sampling_free": True}

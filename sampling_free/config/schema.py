@@ -229,6 +229,12 @@ SCHEMA: dict = {
             "BG_IOU_THRESHOLD": _f(0.5, "Proposals with IoU < this are background."),
             "BATCH_SIZE_PER_IMAGE": _i(512, "Baseline: proposals sampled per image."),
             "POSITIVE_FRACTION": _f(0.25, "Baseline: at most this share of the sampled proposals is positive."),
+            "SAMPLER": _s("random", "Baseline RoI sampler: random (BATCH_SIZE_PER_IMAGE at POSITIVE_FRACTION, torchvision's) "
+                          "or ohem (online hard example mining, Shrivastava et al. 2016: every RoI through the box head "
+                          "without gradient, the BATCH_SIZE_PER_IMAGE of largest loss per image trained on). Ignored "
+                          "when the RoI heads are sampling-free.", choices=("random", "ohem")),
+            "OHEM_NMS_THRESH": _f(0.7, "OHEM: NMS among an image's RoIs by their loss at this IoU before the hardest are "
+                                  "kept, so that one hard object does not fill the batch (the paper's 0.7; <= 0: none)."),
             "BBOX_REG_WEIGHTS": _l([10.0, 10.0, 5.0, 5.0], "Box coder weights of the box head.", item="float"),
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Per-class NMS IoU at test time."),

@@ -33,6 +33,9 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     arch = cfg.MODEL.META_ARCHITECTURE
     if cfg.MODEL.SAMPLING_FREE.IOU_TARGET and arch != "RetinaNet":
         raise ValueError(f"MODEL.SAMPLING_FREE.IOU_TARGET is implemented for RetinaNet only, not {arch}")
+    if cfg.MODEL.ROI_HEADS.SAMPLER == "ohem" and arch not in ("GeneralizedRCNN", "CascadeRCNN"):
+        raise ValueError(f"MODEL.ROI_HEADS.SAMPLER ohem samples an R-CNN's RoIs; {arch} has none (its heuristic is "
+                         "its loss or its mining)")
     if arch not in BUILDERS:
         raise ValueError(f"MODEL.META_ARCHITECTURE={arch!r} is not implemented")
     return BUILDERS[arch](cfg, num_classes)

@@ -22,8 +22,8 @@ from torchvision.ops import boxes as box_ops
 
 from . import torchvision_internals as tv
 from .common import Switches, build_transform, frozen_ratio
-from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, init_box_predictor, mask_branch, mask_loss, \
-    rcnn_box_loss, stage_switches
+from .rcnn import RPN_LOSSES, SamplingFreeRCNN, build_backbone_and_rpn, hardest_rois, init_box_predictor, \
+    mask_branch, mask_loss, rcnn_box_loss, roi_losses, stage_switches
 from .roi_align import ParallelMultiScaleRoIAlign
 
 
@@ -48,11 +48,13 @@ class CascadeRoIHeads(nn.Module):
     def __init__(self, *, box_roi_pool, stages: list[CascadeStage], switches: Switches, loss_weights,
                  batch_size_per_image: int, positive_fraction: float, smooth_l1_beta: float, score_thresh: float,
                  free_score_thresh: float, nms_thresh: float, detections_per_img: int, mask_roi_pool=None,
-                 mask_head=None, mask_predictor=None):
+                 mask_head=None, mask_predictor=None, sampler: str = "random", ohem_nms_thresh: float = 0.7):
         super().__init__()
         self.box_roi_pool, self.stages = box_roi_pool, nn.ModuleList(stages)
         self.switches, self.loss_weights, self.smooth_l1_beta = switches, list(loss_weights), smooth_l1_beta
         self.sampler = tv.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.ohem = sampler == "ohem" and not switches.no_heuristic  # per stage, as the random sampler
+        self.ohem_nms_thresh = ohem_nms_thresh
         self.baseline_score_thresh, self.free_score_thresh = score_thresh, free_score_thresh
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
@@ -84,6 +86,28 @@ class CascadeRoIHeads(nn.Module):
             labels.append(label)
         return matched, labels
 
+    def sample(self, stage: CascadeStage, features, boxes, matched, labels, targets, image_shapes):
+        """The baseline's RoIs of one stage, per image: the random sampler's, or with OHEM the hardest under the
+        stage's current head (``hardest_rois``)."""
+        if not self.ohem:
+            pos, neg = self.sampler(labels)
+            return [torch.where(p | n)[0] for p, n in zip(pos, neg)]
+        with torch.no_grad():
+            logits, deltas = stage(self.box_roi_pool(features, boxes, image_shapes))
+            flat = torch.cat(labels)
+            positive = torch.where(flat > 0)[0]
+            reg_targets = stage.box_coder.encode_single(self.matched_boxes(matched, targets)[positive],
+                                                        torch.cat(boxes)[positive])
+            losses = roi_losses(logits, deltas[positive], flat, reg_targets, beta=self.smooth_l1_beta)
+        return hardest_rois(list(losses.split([len(b) for b in boxes])), boxes,
+                            per_image=self.sampler.batch_size_per_image, nms_thresh=self.ohem_nms_thresh)
+
+    @staticmethod
+    def matched_boxes(matched, targets) -> torch.Tensor:
+        """Every RoI's matched ground-truth box (zeros in an image without objects), concatenated."""
+        return torch.cat([t["boxes"][m] if t["boxes"].numel() else torch.zeros(len(m), 4, device=m.device)
+                          for t, m in zip(targets, matched)])
+
     def refine(self, stage: CascadeStage, deltas, boxes, image_shapes):
         per_image = [len(b) for b in boxes]
         decoded = stage.box_coder.decode(deltas.detach(), boxes).reshape(-1, 4).split(per_image)
@@ -100,17 +124,15 @@ class CascadeRoIHeads(nn.Module):
             boxes = [torch.cat([b, t["boxes"].to(b.dtype)]) for b, t in zip(boxes, targets)]
             matched, labels = self.label(stage, boxes, targets)
             if not self.switches.no_heuristic:
-                pos, neg = self.sampler(labels)
-                keep = [torch.where(p | n)[0] for p, n in zip(pos, neg)]
+                keep = self.sample(stage, features, boxes, matched, labels, targets, image_shapes)
                 boxes = [b[i] for b, i in zip(boxes, keep)]
                 matched = [m[i] for m, i in zip(matched, keep)]
                 labels = [lab[i] for lab, i in zip(labels, keep)]
             logits, deltas = stage(self.box_roi_pool(features, boxes, image_shapes))
             flat_labels = torch.cat(labels)
             positive = torch.where(flat_labels > 0)[0]
-            gt = torch.cat([t["boxes"][m] if t["boxes"].numel() else torch.zeros(len(m), 4, device=m.device)
-                            for t, m in zip(targets, matched)])
-            reg_targets = stage.box_coder.encode_single(gt[positive], torch.cat(boxes)[positive])
+            reg_targets = stage.box_coder.encode_single(self.matched_boxes(matched, targets)[positive],
+                                                        torch.cat(boxes)[positive])
             loss_cls, loss_reg, stage_stats = rcnn_box_loss(
                 logits, deltas[positive], flat_labels, reg_targets, switches=self.switches, beta=self.smooth_l1_beta,
                 frozen=self.frozen_ratios[k] if self.frozen_ratios is not None else None)
@@ -170,7 +192,7 @@ def build_cascade_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         switches=switches, loss_weights=c.STAGE_LOSS_WEIGHTS, batch_size_per_image=h.BATCH_SIZE_PER_IMAGE,
         positive_fraction=h.POSITIVE_FRACTION, smooth_l1_beta=b.SMOOTH_L1_BETA, score_thresh=h.SCORE_THRESH,
         free_score_thresh=m.SAMPLING_FREE.ROI_SCORE_THRESH, nms_thresh=h.NMS_THRESH,
-        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask)
+        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, sampler=h.SAMPLER, ohem_nms_thresh=h.OHEM_NMS_THRESH, **mask)
     names = RPN_LOSSES + tuple(f"loss_{kind}_stage{k}" for k in range(len(stages)) for kind in ("cls", "box_reg"))
     return SamplingFreeRCNN(backbone, rpn, heads, build_transform(cfg), num_classes=num_classes, switches=switches,
                             loss_names=names + (("loss_mask",) if m.MASK_ON else ()))

@@ -20,11 +20,15 @@ RoI box head (``SamplingFreeRoIHeads``):
   threshold ``MODEL.SAMPLING_FREE.ROI_SCORE_THRESH`` (1e-4). The softmax bias starts at 0 in both modes, and the
   predictor's weights as the original's (``init_box_predictor``).
 * mask head: loss unchanged, fed every positive RoI (the baseline's sampler keeps at most 128 per image).
+* baseline with ``MODEL.ROI_HEADS.SAMPLER ohem``: online hard example mining instead of the random sampler --
+  every RoI through the box head without gradient, then per image the ``BATCH_SIZE_PER_IMAGE`` RoIs of largest
+  loss (after NMS among them by loss, ``OHEM_NMS_THRESH``) are trained on (``hardest_rois``), as Shrivastava et al.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import boxes as box_ops
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
@@ -167,6 +171,26 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     return loss_cls, loss_reg, stats
 
 
+def roi_losses(class_logits, positive_deltas, labels, positive_targets, *, beta: float) -> torch.Tensor:
+    """Each RoI's own loss, as OHEM ranks them: its softmax CE plus, for a positive, its smooth-L1 over 4
+    coordinates (``positive_deltas`` / ``positive_targets``: the positives' rows, in order)."""
+    loss = F.cross_entropy(class_logits, labels, reduction="none")
+    positive = torch.where(labels > 0)[0]
+    box = F.smooth_l1_loss(positive_deltas, positive_targets, beta=beta, reduction="none").sum(1)
+    return loss.index_add(0, positive, box.to(loss.dtype))
+
+
+def hardest_rois(losses: list[torch.Tensor], boxes: list[torch.Tensor], *, per_image: int,
+                 nms_thresh: float) -> list[torch.Tensor]:
+    """OHEM's selection: per image, the indices of the ``per_image`` RoIs of largest loss; with ``nms_thresh`` > 0,
+    among those NMS (by loss) keeps, so that overlapping copies of one hard RoI do not fill the batch."""
+    keep = []
+    for loss, b in zip(losses, boxes):
+        order = box_ops.nms(b, loss, nms_thresh) if nms_thresh > 0 else loss.argsort(descending=True)
+        keep.append(order[:per_image])
+    return keep
+
+
 def mask_loss(heads, features, boxes, labels, matched, image_shapes, targets) -> tuple[torch.Tensor, float]:
     """Mask R-CNN's loss on every positive RoI (``labels`` > 0; the baseline's sampler has already cut them to its
     sample), and their number. ``heads`` holds ``mask_roi_pool``, ``mask_head`` and ``mask_predictor``. Averaged
@@ -183,9 +207,12 @@ def mask_loss(heads, features, boxes, labels, matched, image_shapes, targets) ->
 
 
 class SamplingFreeRoIHeads(RoIHeads):
-    def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float, **kwargs):
+    def __init__(self, *, switches: Switches, smooth_l1_beta: float, free_score_thresh: float,
+                 sampler: str = "random", ohem_nms_thresh: float = 0.7, **kwargs):
         super().__init__(**kwargs)
         self.switches, self.smooth_l1_beta = switches, smooth_l1_beta
+        self.ohem = sampler == "ohem" and not switches.no_heuristic
+        self.ohem_nms_thresh = ohem_nms_thresh
         self.free_score_thresh = free_score_thresh
         self.frozen_ratio = frozen_ratio(switches)
         self.last_stats: dict[str, float] = {}
@@ -200,9 +227,20 @@ class SamplingFreeRoIHeads(RoIHeads):
         self.baseline_score_thresh = value
 
     def subsample(self, labels):
-        if self.switches.no_heuristic:  # every proposal (and GT box) with a label, i.e. all of them
+        if self.switches.no_heuristic or self.ohem:  # every proposal (and GT box); OHEM then picks the hardest
             return [torch.where(label >= 0)[0] for label in labels]
         return super().subsample(labels)
+
+    @torch.no_grad()
+    def hardest(self, features, proposals, image_shapes, labels, regression_targets) -> list[torch.Tensor]:
+        """OHEM: per image, which RoIs to train on (``hardest_rois`` of every RoI's loss under the current head)."""
+        logits, regression = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        flat = torch.cat(labels)
+        positive = torch.where(flat > 0)[0]
+        per_class = regression.reshape(flat.numel(), -1, 4)[positive, flat[positive]]
+        losses = roi_losses(logits, per_class, flat, torch.cat(regression_targets)[positive], beta=self.smooth_l1_beta)
+        return hardest_rois(list(losses.split([len(p) for p in proposals])), proposals,
+                            per_image=self.fg_bg_sampler.batch_size_per_image, nms_thresh=self.ohem_nms_thresh)
 
     def box_loss(self, class_logits, box_regression, labels, regression_targets):
         labels = torch.cat(labels)
@@ -217,6 +255,10 @@ class SamplingFreeRoIHeads(RoIHeads):
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        if self.ohem:
+            keep = self.hardest(features, proposals, image_shapes, labels, regression_targets)
+            proposals, matched_idxs, labels, regression_targets = (
+                [x[k] for x, k in zip(xs, keep)] for xs in (proposals, matched_idxs, labels, regression_targets))
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         loss_cls, loss_reg = self.box_loss(class_logits, box_regression, labels, regression_targets)
@@ -358,7 +400,8 @@ def build_rcnn(cfg, num_classes: int) -> SamplingFreeRCNN:
         box_head=TwoMLPHead(backbone.out_channels * b.POOLER_RESOLUTION**2, b.MLP_HEAD_DIM),
         box_predictor=predictor,
         fg_iou_thresh=h.FG_IOU_THRESHOLD, bg_iou_thresh=h.BG_IOU_THRESHOLD,
-        batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION,
+        batch_size_per_image=h.BATCH_SIZE_PER_IMAGE, positive_fraction=h.POSITIVE_FRACTION, sampler=h.SAMPLER,
+        ohem_nms_thresh=h.OHEM_NMS_THRESH,
         bbox_reg_weights=tuple(h.BBOX_REG_WEIGHTS), score_thresh=h.SCORE_THRESH, nms_thresh=h.NMS_THRESH,
         detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, **mask_kwargs)
     return SamplingFreeRCNN(backbone, rpn, roi_heads, build_transform(cfg), num_classes=num_classes,
