@@ -68,11 +68,14 @@ def code_files(architecture: str) -> list[str]:
         seen.add(path)
         package = path.parent
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+            if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.parents[node.level - 2] if node.level > 1 else package
-                target = base.joinpath(*node.module.split(".")).with_suffix(".py")
-                if target == PACKAGE / "mechanism.py" or target.parent == PACKAGE / "modeling":
-                    todo.append(target)
+                # "from .x import y" names module x; "from . import x" names module x itself
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+                for name in names:
+                    target = base.joinpath(*name.split(".")).with_suffix(".py")
+                    if target == PACKAGE / "mechanism.py" or target.parent == PACKAGE / "modeling":
+                        todo.append(target)
     return sorted(str(p.relative_to(PACKAGE.parent)) for p in seen)
 
 

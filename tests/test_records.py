@@ -78,6 +78,7 @@ def test_code_files_follow_the_imports_of_the_family():
     assert {"sampling_free/modeling/cascade.py", "sampling_free/modeling/rcnn.py", "sampling_free/mechanism.py"} \
         <= set(files)
     assert "sampling_free/modeling/retinanet.py" not in files and all((ROOT / f).is_file() for f in files)
+    assert "sampling_free/modeling/torchvision_internals.py" in files  # imported as "from . import ..."
 
 
 def test_recipe_hash_ignores_seed_output_and_split_but_not_the_recipe():
