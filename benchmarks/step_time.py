@@ -10,6 +10,7 @@ same round (median and min-max over rounds).
     python benchmarks/step_time.py --detector fcos
     python benchmarks/step_time.py --detector ssd --size 192 --batch 8
     python benchmarks/step_time.py --detector atss --size 160 --batch 8
+    python benchmarks/step_time.py --detector paa --size 160 --batch 8    # against our ATSS (its GMM's cost)
 
 Cascade R-CNN has no torchvision counterpart; compare it with our Faster R-CNN by hand if needed.
 """
@@ -37,14 +38,16 @@ CONFIGS = {"faster_rcnn": "configs/faster_rcnn/faster_rcnn_R_50_FPN_1x.yaml",
            # the quickstart models: SSDlite on MobileNetV2 (torchvision's SSD class around the same parts is the
            # reference), ATSS (no torchvision counterpart: ratios are to our baseline)
            "ssd": "configs/quickstart/ssdlite_mobilenet_v2_shapes.yaml",
-           "atss": "configs/quickstart/atss_mobilenet_v2_shapes.yaml"}
+           "atss": "configs/quickstart/atss_mobilenet_v2_shapes.yaml",
+           # PAA: ATSS's detector with PAA's assignment (a Gaussian mixture per object each step): ratios to our ATSS
+           "paa": "configs/quickstart/paa_mobilenet_v2_shapes.yaml"}
 
 
 def torchvision_model(cfg, num_classes: int, *, training: bool = True):
     """Plain torchvision detector with the same backbone, anchors, sizes, sampling and test settings as ``cfg``
     (None for ATSS, which torchvision does not have)."""
     m = cfg.MODEL
-    if m.META_ARCHITECTURE == "ATSS":
+    if m.META_ARCHITECTURE in ("ATSS", "PAA"):
         return None
     if m.META_ARCHITECTURE == "SSD":  # torchvision's SSD class (its loss: hard-negative mining) on the same parts
         parts = build_model(cfg, num_classes)
@@ -127,6 +130,9 @@ def build_variants(detector: str, opts, overrides: dict, num_classes: int, devic
     reference = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides), num_classes)
     if reference is not None:
         variants["torchvision"] = reference.to(device)
+    if detector == "paa":  # what the assignment costs: the same detector with ATSS's rule, focal loss
+        variants["ATSS baseline"] = build_model(load_config(CONFIGS["atss"], opts, values={
+            **overrides, "MODEL.SAMPLING_FREE_ON": False}), num_classes).to(device)
     return variants
 
 
@@ -165,7 +171,7 @@ def main():
               "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
     print(f"{args.detector} ({CONFIGS[args.detector]}, no pretrained weights), {args.size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, "
           f"{torch.get_num_threads()} threads {' '.join(args.opts)}")
-    reference = "torchvision" if "torchvision" in times else "ours baseline"
+    reference = next(name for name in ("torchvision", "ATSS baseline", "ours baseline") if name in times)
     print(f"| variant | s/iter (median) | ratio to {reference} (median, min-max) |\n|---|---|---|")
     for name, values in times.items():
         ratios = [v / t for v, t in zip(values, times[reference])]

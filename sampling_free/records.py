@@ -28,10 +28,10 @@ from .config import ALL_KEYS, config_items
 PACKAGE = Path(__file__).resolve().parent
 # Keys that say where a run writes, which seed it drew or which split it was scored on -- not what was trained.
 NOT_RECIPE = ("OUTPUT_DIR", "SEED", "DATASETS.TEST")
-FAMILY_MODULES = {"RetinaNet": "retinanet", "FCOS": "fcos", "ATSS": "atss", "SSD": "ssd",
+FAMILY_MODULES = {"RetinaNet": "retinanet", "FCOS": "fcos", "ATSS": "atss", "PAA": "paa", "SSD": "ssd",
                   "GeneralizedRCNN": "rcnn", "CascadeRCNN": "cascade"}
 
-ARCHITECTURE_OF = {"retinanet": "RetinaNet", "fcos": "FCOS", "atss": "ATSS", "ssd": "SSD", "faster_rcnn": "GeneralizedRCNN",
+ARCHITECTURE_OF = {"retinanet": "RetinaNet", "fcos": "FCOS", "atss": "ATSS", "paa": "PAA", "ssd": "SSD", "faster_rcnn": "GeneralizedRCNN",
                    "mask_rcnn": "GeneralizedRCNN", "cascade_rcnn": "CascadeRCNN", "cascade_mask_rcnn": "CascadeRCNN"}
 
 

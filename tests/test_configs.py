@@ -27,7 +27,8 @@ def test_config_builds(path):
     assert sum(p.numel() for p in model.parameters()) > 1e5
 
 
-@pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "atss", "ssdlite"])
+@pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "atss", "ssdlite",
+                                  "paa"])
 def test_every_family_keeps_the_one_detector_contract(name):
     """What the trainer, prior.json, the API and export use: modeling/contract.py's SamplingFreeDetector."""
     from sampling_free.modeling.contract import PriorDescription, SamplingFreeDetector, TestThresholds

@@ -24,7 +24,7 @@ def shapes_images(split, count):
 @pytest.mark.parametrize("arch, fmt", [("retinanet", "torchscript"), ("retinanet", "onnx"),
                                        ("faster_rcnn", "torchscript"), ("faster_rcnn", "onnx"),
                                        ("mask_rcnn", "onnx"), ("fcos", "torchscript"), ("ssd", "torchscript"),
-                                       ("ssd", "onnx"), ("atss", "torchscript")])
+                                       ("ssd", "onnx"), ("atss", "torchscript"), ("paa", "torchscript")])
 def test_the_export_reproduces_the_eager_detections(tmp_path, arch, fmt):
     """RetinaNet and Faster R-CNN in both formats; Mask R-CNN in the format with its own mask pasting (ONNX's
     loop), FCOS once (``docs/demo_and_export.md`` has both formats of every detector on trained models)."""

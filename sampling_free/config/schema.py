@@ -45,13 +45,13 @@ def _l(default, help, item):
     return Key(default, help, "list", item=item)
 
 
-DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN", "SSD", "ATSS")
+DETECTORS = ("RetinaNet", "GeneralizedRCNN", "FCOS", "CascadeRCNN", "SSD", "ATSS", "PAA")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
 
 SCHEMA: dict = {
     "MODEL": {
         "META_ARCHITECTURE": _s("RetinaNet", "Detector family: RetinaNet, FCOS, GeneralizedRCNN (Faster R-CNN; "
-                                "Mask R-CNN with MASK_ON), CascadeRCNN, SSD or ATSS.", choices=DETECTORS),
+                                "Mask R-CNN with MASK_ON), CascadeRCNN, SSD, ATSS or PAA.", choices=DETECTORS),
         "MASK_ON": _b(False, "GeneralizedRCNN / CascadeRCNN: add the mask head."),
         "DEVICE": _s("cpu", "Torch device: cpu, cuda, cuda:1, ..."),
         "WEIGHT": _s("", "Whole-detector weights to initialise or fine-tune from: our checkpoint or a "
@@ -176,6 +176,15 @@ SCHEMA: dict = {
         "ATSS": {
             "TOPK": _i(9, "Candidates per pyramid level and object (nearest centres); ATSS's head and losses are "
                        "MODEL.FCOS's."),
+        },
+        "PAA": {
+            "TOPK": _i(9, "Candidates per pyramid level and object (highest IoU) that PAA's Gaussian mixture splits; "
+                       "its head and focal loss are MODEL.FCOS's."),
+            "BOX_WEIGHT": _f(1.3, "Weight of the GIoU loss, in the loss and in the anchor score the mixture is fitted to "
+                             "(the paper's 1.3)."),
+            "IOU_WEIGHT": _f(0.5, "Weight of the IoU-prediction BCE (the paper's 0.5)."),
+            "SCORE_VOTING": _b(False, "At test: each kept box becomes the score- and IoU-weighted average of the "
+                               "candidates overlapping it (the paper reports it separately)."),
         },
         "SSD": {
             "SIZE": _i(320, "Every image is resized to SIZE x SIZE (SSD's fixed input)."),

@@ -13,6 +13,7 @@ from .common import Switches, build_anchor_generator, inside_image, resolve_swit
 from .cascade import CascadeRoIHeads, build_cascade_rcnn
 from .contract import is_sampling_free
 from .fcos import SamplingFreeFCOS, build_fcos
+from .paa import build_paa
 from .rcnn import SamplingFreeRCNN, build_rcnn
 from .retinanet import SamplingFreeRetinaNet, build_retinanet
 from .ssd import SamplingFreeSSD, build_ssd
@@ -25,7 +26,7 @@ __all__ = ["build_model", "from_torchvision", "SUPPORTED", "build_backbone", "bu
 
 # MODEL.META_ARCHITECTURE -> the family's builder (a plain table, written here and nowhere else)
 BUILDERS = {"RetinaNet": build_retinanet, "FCOS": build_fcos, "ATSS": build_atss, "SSD": build_ssd,
-            "GeneralizedRCNN": build_rcnn, "CascadeRCNN": build_cascade_rcnn}
+            "GeneralizedRCNN": build_rcnn, "CascadeRCNN": build_cascade_rcnn, "PAA": build_paa}
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:

@@ -74,22 +74,27 @@ def atss_head(in_channels: int, num_classes: int, num_convs: int) -> FCOSHead:
     return head
 
 
-def build_atss(cfg, num_classes: int) -> SamplingFreeFCOS:
-    """ATSS from our config: the head and losses of MODEL.FCOS, the assignment's k of MODEL.ATSS.TOPK, one anchor
-    per location (MODEL.ANCHOR_GENERATOR: 8 x stride, ratio 1 in the paper)."""
+def one_anchor_parts(cfg, num_classes: int) -> dict:
+    """What ATSS and PAA build alike, as ``SamplingFreeFCOS`` keyword arguments: MODEL.FCOS's head (box branch
+    without ReLU) and focal loss, one anchor per location (MODEL.ANCHOR_GENERATOR: 8 x stride, ratio 1 in both
+    papers), anchor deltas with box coder (10, 10, 5, 5)."""
     c = cfg.MODEL.FCOS
     backbone = backbone_from_config(cfg)
     anchor_generator = build_anchor_generator(cfg, len(backbone.level_strides))
     if anchor_generator.num_anchors_per_location()[0] != 1:
-        raise ValueError("ATSS places one anchor per location: set MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE 1 and "
-                         "ASPECT_RATIOS [1.0]")
-    model = SamplingFreeFCOS(
-        backbone, head=atss_head(backbone.out_channels, num_classes, c.NUM_CONVS),
-        anchor_generator=anchor_generator, transform=build_transform(cfg),
-        switches=resolve_switches(cfg, default_scale=1.0), score_thresh=c.SCORE_THRESH, nms_thresh=c.NMS_THRESH,
-        detections_per_img=cfg.TEST.DETECTIONS_PER_IMG, topk_candidates=c.TOPK_CANDIDATES,
-        focal_alpha=c.FOCAL_LOSS_ALPHA, focal_gamma=c.FOCAL_LOSS_GAMMA, guided_target=c.GUIDED_TARGET,
-        threshold_on=c.THRESHOLD_ON, assign=atss_assign, assign_parameter=cfg.MODEL.ATSS.TOPK,
-        box_coder=tv.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)))
-    model.set_classification_prior(c.PRIOR_PROB)
+        raise ValueError(f"{cfg.MODEL.META_ARCHITECTURE} places one anchor per location: set "
+                         "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE 1 and ASPECT_RATIOS [1.0]")
+    return dict(backbone=backbone, head=atss_head(backbone.out_channels, num_classes, c.NUM_CONVS),
+                anchor_generator=anchor_generator, transform=build_transform(cfg),
+                switches=resolve_switches(cfg, default_scale=1.0), score_thresh=c.SCORE_THRESH,
+                nms_thresh=c.NMS_THRESH, detections_per_img=cfg.TEST.DETECTIONS_PER_IMG,
+                topk_candidates=c.TOPK_CANDIDATES, focal_alpha=c.FOCAL_LOSS_ALPHA, focal_gamma=c.FOCAL_LOSS_GAMMA,
+                threshold_on=c.THRESHOLD_ON, box_coder=tv.BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)))
+
+
+def build_atss(cfg, num_classes: int) -> SamplingFreeFCOS:
+    """ATSS from our config: ``one_anchor_parts`` with the assignment's k of MODEL.ATSS.TOPK."""
+    model = SamplingFreeFCOS(**one_anchor_parts(cfg, num_classes), guided_target=cfg.MODEL.FCOS.GUIDED_TARGET,
+                             assign=atss_assign, assign_parameter=cfg.MODEL.ATSS.TOPK)
+    model.set_classification_prior(cfg.MODEL.FCOS.PRIOR_PROB)
     return model

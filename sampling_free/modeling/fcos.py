@@ -128,14 +128,7 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
         cls_logits, deltas, ctrness = (head_outputs[k] for k in ("cls_logits", "bbox_regression", "bbox_ctrness"))
         matched = torch.stack([self.assign(a, t["boxes"], num_anchors_per_level, self.assign_parameter)
                                for a, t in zip(anchors, targets)])
-        fg = matched >= 0
-        num_fg = average_count(int(fg.sum()))  # over processes, at least 1
-        cls_targets = torch.zeros_like(cls_logits)
-        gt_boxes = torch.zeros_like(deltas)
-        for i, t in enumerate(targets):
-            k = fg[i].nonzero().squeeze(1)
-            cls_targets[i, k, t["labels"][matched[i, k]] - self.label_offset] = 1.0
-            gt_boxes[i, k] = t["boxes"][matched[i, k]]
+        fg, num_fg, cls_targets, gt_boxes = self.targets_of(matched, targets, cls_logits)
         if self.switches.no_heuristic:
             loss_cls = F.binary_cross_entropy_with_logits(cls_logits, cls_targets, reduction="sum") / num_fg
         else:
@@ -155,6 +148,18 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
             loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale,
                               self.frozen_ratio)
         return weigh(self.loss_weights, dict(zip(self.loss_names, (loss_cls, loss_giou, loss_ctr))))
+
+    def targets_of(self, matched, targets, cls_logits):
+        """From each location's object (-1: background): the foreground mask, its count (averaged over processes, at
+        least 1), the one-hot classification targets and each location's object box (zeros for background)."""
+        fg = matched >= 0
+        cls_targets = torch.zeros_like(cls_logits)
+        gt_boxes = cls_logits.new_zeros(*matched.shape, 4)
+        for i, t in enumerate(targets):
+            k = fg[i].nonzero().squeeze(1)
+            cls_targets[i, k, t["labels"][matched[i, k]] - self.label_offset] = 1.0
+            gt_boxes[i, k] = t["boxes"][matched[i, k]]
+        return fg, average_count(int(fg.sum())), cls_targets, gt_boxes
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         """Keep (location, class) pairs whose classification probability (or, torchvision's baseline, combined
