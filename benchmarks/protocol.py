@@ -40,7 +40,12 @@ class Benchmark:
     test_split: str
     baseline_grid: tuple[dict, ...]  # ties go to the earlier setting
     free_grid: tuple[dict, ...]
+    ohem_grid: tuple[dict, ...] = ()  # R-CNNs: OHEM, the strongest sampler, as a third side
     common: tuple[str, ...] = ()
+
+    def grids(self, sides=None) -> dict[str, tuple[dict, ...]]:
+        grids = {"baseline": self.baseline_grid, "sampling_free": self.free_grid, "ohem": self.ohem_grid}
+        return {side: grid for side, grid in grids.items() if grid and (sides is None or side in sides)}
 
 
 def focal_grid(family: str) -> tuple[dict, ...]:
@@ -55,6 +60,9 @@ RCNN_BASELINE_GRID = tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_S
                            for c in (0.0, 5.0) for n in (256, 512))
 RCNN_FREE_GRID = tuple({"MODEL.SAMPLING_FREE.CLIP_GRAD_NORM": c, "MODEL.RPN.POST_NMS_TOP_N_TRAIN": n}
                        for c in (5.0, 0.0) for n in (500, 1000))
+# OHEM: its batch of hardest RoIs per image (the paper's 64 per image at 2 images, and twice that) × the clip
+OHEM_GRID = tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": n}
+                  for c in (0.0, 5.0) for n in (64, 128))
 def rcnn_grids(*, sample: tuple[int, int], proposals: tuple[int, int]) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
     """R-CNN grids of the same size: each side's clip × its training set of RoIs."""
     return (tuple({"SOLVER.CLIP_GRAD_NORM": c, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": n} for c in (0.0, 5.0)
@@ -75,11 +83,13 @@ BENCHMARKS = {
     "fcos_shapes": Benchmark(f"{Q}/fcos_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
                              focal_grid("FCOS"), SCALE_GRID),
     "faster_rcnn_shapes": Benchmark(f"{Q}/faster_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
-                                    RCNN_BASELINE_GRID, RCNN_FREE_GRID),
+                                    RCNN_BASELINE_GRID, RCNN_FREE_GRID, OHEM_GRID),
     "mask_rcnn_shapes": Benchmark(f"{Q}/mask_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
-                                  RCNN_BASELINE_GRID, RCNN_FREE_GRID),
+                                  RCNN_BASELINE_GRID, RCNN_FREE_GRID, OHEM_GRID),
+    "paa_shapes": Benchmark(f"{Q}/paa_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
+                            focal_grid("FCOS"), SCALE_GRID),
     "cascade_rcnn_shapes": Benchmark(f"{Q}/cascade_rcnn_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
-                                     *rcnn_grids(sample=(128, 256), proposals=(300, 600))),
+                                     *rcnn_grids(sample=(128, 256), proposals=(300, 600)), OHEM_GRID),
     "atss_shapes": Benchmark(f"{Q}/atss_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
                              focal_grid("FCOS"), SCALE_GRID),
     "ssdlite_shapes": Benchmark(f"{Q}/ssdlite_mobilenet_v2_shapes.yaml", "shapes_minival", "shapes_val",
@@ -167,10 +177,13 @@ def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path) ->
 
 def choose(bench: str, b: Benchmark, results: Path) -> dict:
     """Each side's setting with the best mean box AP over the tuning seeds on the validation split; a setting with a
-    diverged or missing seed cannot be chosen. Ties go to the earlier setting of the grid (the default first)."""
+    diverged or missing seed cannot be chosen. Ties go to the earlier setting of the grid. A side not tuned at all
+    (OHEM, run after the other two) is left out until it is."""
     found = read_records(results / "records" / bench / b.tune_split)
     choice = {"benchmark": bench, "config": b.config, "split": b.tune_split, "seeds": list(TUNE_SEEDS)}
-    for variant, grid in (("baseline", b.baseline_grid), ("sampling_free", b.free_grid)):
+    for variant, grid in b.grids().items():
+        if variant == "ohem" and not any(r["variant"] == variant for r in found):
+            continue
         table = []
         for setting in grid:
             want = opts_of(setting)
@@ -196,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", help="override the step's seeds")
     p.add_argument("--output", default="output/protocol", help="run folders")
     p.add_argument("--results", default=str(ROOT / "results"), help="records and choices (committed)")
+    p.add_argument("--sides", nargs="+", choices=["baseline", "sampling_free", "ohem"],
+                   help="tune / test only these sides (default: baseline and sampling_free)")
     args = p.parse_args(argv)
     results = Path(args.results)
     commands = []
@@ -203,14 +218,14 @@ def main(argv=None) -> int:
         b = BENCHMARKS[bench]
         if args.step == "tune":
             for seed in args.seeds or TUNE_SEEDS:
-                for variant, grid in (("baseline", b.baseline_grid), ("sampling_free", b.free_grid)):
+                for variant, grid in b.grids(args.sides or ("baseline", "sampling_free")).items():
                     commands += [job(bench, b, b.tune_split, variant, s, seed, args) for s in grid]
         elif args.step == "choose":
             choice = choose(bench, b, results)
             path = results / "choices" / f"{bench}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(choice, indent=2) + "\n")
-            print(path, {v: choice[v]["chosen"] for v in ("baseline", "sampling_free")})
+            print(path, {v: choice[v]["chosen"] for v in b.grids() if v in choice})
         elif args.step == "collect":
             path = results / "curves" / f"{bench}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +234,7 @@ def main(argv=None) -> int:
         else:
             choice = json.loads((results / "choices" / f"{bench}.json").read_text())
             for seed in args.seeds or (TEST_SEEDS if args.step == "test" else TEST_SEEDS[:1]):
-                for variant in ("baseline", "sampling_free"):
+                for variant in [v for v in (args.sides or ("baseline", "sampling_free")) if v in choice]:
                     if args.step == "test":
                         commands.append(job(bench, b, b.test_split, variant, choice[variant]["chosen"], seed, args,
                                             extra=("SOLVER.CHECKPOINT_PERIOD", str(CURVE_PERIOD))))

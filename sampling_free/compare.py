@@ -50,6 +50,7 @@ ABLATION = ["baseline", "no_heuristic", "bias_init", "guided_loss", "adaptive_th
 # The test-time setting of each side: MODEL.SAMPLING_FREE.ADAPTIVE_THRESHOLD (sampling-free: π·C one-stage, 1e-4 and
 # its NMS for R-CNN box heads; baseline: the family's SCORE_THRESH and NMS_THRESH).
 THRESHOLDS = {"baseline": False, "sampling_free": True}
+PARITY = ("baseline", "sampling_free", "ohem")  # the variants scored at both sides' thresholds
 
 
 def final_metrics(run_dir: Path, weights_name: str = "model_final") -> dict | None:
@@ -218,7 +219,7 @@ def compare(config_file, opts, *, seeds, variants, out_dir: str | Path, records_
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     common, scoped = split_scoped_overrides(list(opts))
     results = {v: {} for v in variants}
-    thresholds = {v: {} for v in variants if v in THRESHOLDS}
+    thresholds = {v: {} for v in variants if v in PARITY}
     for seed in seeds:  # seed-major: an early stop still leaves every variant with some seeds
         for variant in variants:
             run_dir = out_dir / variant / f"seed{seed}"
