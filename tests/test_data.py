@@ -58,6 +58,27 @@ def test_minival_splits_are_catalog_names(name, folder, monkeypatch, tmp_path):
     assert spec.image_dir == tmp_path / folder / "minival"
 
 
+def test_a_second_generator_leaves_the_first_ones_dataset_in_place(tmp_path, monkeypatch):
+    """Two runs started together on a fresh clone both generate the dataset: the one finishing last must not
+    delete the folder the first is already reading (seen as 'cannot read image' in a parallel compare)."""
+    writes = []
+
+    def write(out_dir, **_):
+        writes.append(out_dir)
+        mine = len(writes)
+        if mine == 1:  # while this process writes, another one starts and finishes first
+            shapes.ensure_shapes(tmp_path)
+        (out_dir / "who").write_text(str(mine))
+
+    monkeypatch.setattr(shapes, "write_dataset", write)
+    target = shapes.ensure_shapes(tmp_path)
+    assert (target / "who").read_text() == "2"  # the first finisher's files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # no half-written or stale folder left
+    (target / "GENERATED.json").write_text("{}")  # an older version is replaced
+    assert (shapes.ensure_shapes(tmp_path) / "who").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
 def test_round_trip_boxes_are_the_mask_extents(tiny_shapes):
     ds = COCODetection(tiny_shapes / "annotations" / "instances_train.json", tiny_shapes / "train", training=True,
                        with_masks=True)

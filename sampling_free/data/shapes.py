@@ -310,13 +310,17 @@ def ensure_shapes(root: str | Path, *, seed: int = 0, profile: str = "shapes") -
         os.chmod(tmp, 0o755)
         write_dataset(tmp, seed=seed, profile=profile)
         (tmp / "GENERATED.json").write_text(json.dumps(stamp))
-        if target.exists():
-            shutil.rmtree(target)
+        if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+            return target  # another process finished first and may be reading it: keep its files
+        stale = tmp.with_name(tmp.name + "-stale")
+        if target.exists():  # an older version: moved aside in one rename, deleted once ours is in place
+            os.replace(target, stale)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
             if not stamp_file.exists():
                 raise
+        shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
