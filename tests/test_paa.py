@@ -20,37 +20,27 @@ PAA = {"MODEL.META_ARCHITECTURE": "PAA", "MODEL.BACKBONE.NAME": "resnet18", "MOD
        "MODEL.ANCHOR_GENERATOR.SCALES_PER_OCTAVE": 1, "MODEL.ANCHOR_GENERATOR.SIZES": [[16], [32], [64], [128], [256]]}
 
 
-def em_by_hand(x: np.ndarray, iterations=100, tol=1e-4):
-    """Two-component 1-D EM, loop by loop: starts at min / max, unit variances, equal weights."""
-    mu, var, w = np.array([x.min(), x.max()]), np.ones(2), np.array([0.5, 0.5])
-    previous = None
-    for _ in range(iterations):
-        dens = np.stack([w[c] * np.exp(-0.5 * (x - mu[c]) ** 2 / var[c]) / math.sqrt(2 * math.pi * var[c]) for c in (0, 1)])
-        mix = dens.sum(0)
-        r = dens / mix
-        w = r.sum(1) / len(x)
-        mu = (r * x).sum(1) / r.sum(1)
-        var = (r * (x - mu[:, None]) ** 2).sum(1) / r.sum(1) + 1e-6
-        ll = np.log(mix).mean()
-        if previous is not None and abs(ll - previous) < tol:
-            break
-        previous = ll
-    dens = np.stack([w[c] * np.exp(-0.5 * (x - mu[c]) ** 2 / var[c]) / math.sqrt(2 * math.pi * var[c]) for c in (0, 1)])
-    return dens[0] / dens.sum(0), np.log(dens.sum(0))
+def sklearn_mixture(x: np.ndarray):
+    """The mixture PAA's authors fit (their loss.py): scikit-learn's, started at min / max, unit precisions, equal
+    weights; returns it fitted to the column ``x``."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(2, weights_init=[0.5, 0.5], means_init=[[x.min()], [x.max()]],
+                           precisions_init=[[[1.0]], [[1.0]]]).fit(x[:, None])
 
 
-def test_mixture_fit_equals_em_by_hand_for_every_row_at_once():
+def test_mixture_fit_equals_scikit_learns_for_every_row_at_once():
     rng = np.random.default_rng(0)
-    rows = [np.concatenate([rng.normal(0.3, 0.1, n), rng.normal(2.5, 0.4, m)]) for n, m in ((5, 20), (9, 9), (2, 30))]
+    rows = [np.concatenate([rng.normal(0.3, 0.1, n), rng.normal(2.5, s, m)])
+            for n, m, s in ((5, 20, 0.4), (9, 9, 0.4), (2, 30, 0.4), (12, 3, 1.5), (1, 1, 0.1))]
     width = max(len(r) for r in rows)
     x = torch.tensor(np.stack([np.pad(r, (0, width - len(r))) for r in rows]))
     valid = torch.tensor([[k < len(r) for k in range(width)] for r in rows])
     posterior, log_mix = fit_two_gaussians(x, valid)
-    for i, r in enumerate(rows):
-        want_post, want_ll = em_by_hand(r)
-        # rows stop at their own convergence by hand, all together here: equal to the tolerance's order
-        assert posterior[i, :len(r)].numpy() == pytest.approx(want_post, abs=1e-3)
-        assert log_mix[i, :len(r)].numpy() == pytest.approx(want_ll, abs=1e-2)
+    for i, r in enumerate(rows):  # each row stops at its own convergence, as scikit-learn's fit of that row alone
+        gmm = sklearn_mixture(r)
+        assert posterior[i, :len(r)].numpy() == pytest.approx(gmm.predict_proba(r[:, None])[:, 0], abs=1e-6)
+        assert log_mix[i, :len(r)].numpy() == pytest.approx(gmm.score_samples(r[:, None]), abs=1e-6)
 
 
 def test_the_split_keeps_the_low_loss_cluster():
@@ -62,38 +52,53 @@ def test_the_split_keeps_the_low_loss_cluster():
     assert separate(losses, valid)[0].tolist() == [True, False, False, False, True, False, False, False, False]
     one = separate(torch.tensor([[5.0, 0.0]]), torch.tensor([[True, False]]))
     assert one.tolist() == [[True, False]]  # a lone candidate is kept
+    same = separate(torch.tensor([[2.0, 2.0, 2.0]]), torch.tensor([[True, True, True]]))
+    assert same.tolist() == [[True, True, True]]  # no low component: all kept, as the authors (for recall)
 
 
 def paa_by_hand(model, anchors, per_level, boxes, labels, cls_logits, pred_boxes):
-    """PAA's assignment for one image, object by object, with the pieces written out."""
-    iou = box_iou(anchors, boxes)
-    claims = torch.full((len(anchors), len(boxes)), -1.0)
+    """PAA's assignment for one image as the authors' loss.py does it, object by object, with the pieces written
+    out and scikit-learn's mixture."""
+    iou = box_iou(anchors, boxes).numpy()  # (A, G)
+    owner = np.where(iou.max(1) >= 0.1, iou.argmax(1), -1)
+    for g in range(len(boxes)):  # low-quality matches: each object's best anchors go to their own best object
+        best = iou[:, g] == iou[:, g].max()
+        owner[best] = iou[best].argmax(1)
+    matched = torch.full((len(anchors),), -1)
     for g in range(len(boxes)):
+        mine = np.nonzero(owner == g)[0]
+        if len(mine) == 0:
+            continue
+        target = torch.zeros(len(mine), cls_logits.shape[1])
+        target[:, labels[g] - 1] = 1
+        cls = sigmoid_focal_loss(cls_logits[mine], target, alpha=0.25, gamma=2.0, reduction="none").sum(1)
+        box = generalized_box_iou_loss(pred_boxes[mine], boxes[g].expand(len(mine), 4), reduction="none")
+        score = dict(zip(mine.tolist(), (cls + box).double().tolist()))
         cand, start = [], 0
         for n in per_level:
-            level = iou[start:start + n, g].numpy()
-            cand += (np.argsort(-level, kind="stable")[:model.topk] + start).tolist()  # ties: lower index first
+            here = [a for a in mine.tolist() if start <= a < start + n]
+            cand += sorted(here, key=lambda a: (score[a], a))[:model.topk]
             start += n
-        cand = torch.tensor([a for a in cand if iou[a, g] >= 0.1 or iou[a, g] == iou[cand, g].max()])
-        target = torch.zeros(len(cand), cls_logits.shape[1])
-        target[:, labels[g] - 1] = 1
-        cls = sigmoid_focal_loss(cls_logits[cand], target, alpha=0.25, gamma=2.0, reduction="none").sum(1)
-        box = generalized_box_iou_loss(pred_boxes[cand], boxes[g].expand(len(cand), 4), reduction="none")
-        loss = (cls + 1.3 * box).double().numpy()
-        post, ll = em_by_hand(loss)
-        low = post > 0.5
-        if not low.any():
-            continue
-        boundary = loss[np.where(low)[0][ll[low].argmax()]]
-        for a, keep in zip(cand.tolist(), (loss <= boundary).tolist()):
-            if keep:
-                claims[a, g] = iou[a, g]
-    best, index = claims.max(1)
-    index[best < 0] = -1
-    return index
+        loss = np.array([score[a] for a in cand])
+        if len(cand) == 1:
+            keep = [True]
+        else:
+            gmm = sklearn_mixture(loss)
+            low = gmm.predict(loss[:, None]) == 0
+            if low.any():
+                likely = gmm.score_samples(loss[:, None])
+                keep = loss <= loss[np.nonzero(low)[0][likely[low].argmax()]]
+            else:
+                keep = [True] * len(cand)
+        for a, k in zip(cand, keep):
+            if k:
+                matched[a] = g
+    return matched
 
 
 def test_the_assignment_equals_one_computed_object_by_object():
+    """Candidates ranked by loss among the anchors the IoU matcher gives each object (not by IoU: every anchor
+    inside a large box has the same IoU), exclusive to one object."""
     torch.manual_seed(0)
     model = build_model(load_config(values={**PAA, "MODEL.SAMPLING_FREE_ON": False}), 3)
     per_level = [64, 16, 4]
@@ -113,6 +118,29 @@ def test_the_assignment_equals_one_computed_object_by_object():
             assert (got[i] >= 0).sum() > 0
         else:
             assert (got[i] == -1).all()
+
+
+def test_the_box_loss_weighs_each_positive_by_its_iou_and_divides_by_their_sum():
+    """As the authors' loss.py: 1.3 x sum(IoU x GIoU loss) / sum(IoU) over positives, the IoU branch's BCE to the
+    same IoU x 0.5 / positives, focal loss / positives."""
+    torch.manual_seed(1)
+    model = build_model(load_config(values={**PAA, "MODEL.SAMPLING_FREE_ON": False}), 2)
+    anchors = torch.tensor([[0.0, 0, 16, 16], [8, 8, 24, 24], [30, 30, 60, 60], [0, 30, 20, 50]])
+    targets = [{"boxes": torch.tensor([[2.0, 1, 18, 20], [28, 33, 58, 61]]), "labels": torch.tensor([1, 2])}]
+    outputs = {"cls_logits": torch.randn(1, 4, 2), "bbox_regression": torch.randn(1, 4, 4) * 0.2,
+               "bbox_ctrness": torch.randn(1, 4, 1)}
+    model.assign_batch = lambda *_: torch.tensor([[0, 0, 1, -1]])
+    losses = model.compute_loss(targets, outputs, [anchors], [4])
+    pred = model.decode(outputs["bbox_regression"][0], anchors)[:3]
+    gt = targets[0]["boxes"][[0, 0, 1]]
+    iou = torch.diag(box_iou(pred, gt))
+    giou = generalized_box_iou_loss(pred, gt, reduction="none")
+    assert float(losses["loss_paa_giou"]) == pytest.approx(float(1.3 * (iou * giou).sum() / iou.sum()), rel=1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(outputs["bbox_ctrness"][0, :3, 0], iou, reduction="sum")
+    assert float(losses["loss_paa_iou"]) == pytest.approx(float(0.5 * bce / 3), rel=1e-5)
+    onehot = torch.tensor([[1.0, 0], [1, 0], [0, 1], [0, 0]])
+    focal = sigmoid_focal_loss(outputs["cls_logits"][0], onehot, alpha=0.25, gamma=2.0, reduction="sum")
+    assert float(losses["loss_paa_cls"]) == pytest.approx(float(focal / 3), rel=1e-5)
 
 
 def test_pi_is_counted_with_atss_rule_on_the_same_anchors():

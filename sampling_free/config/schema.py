@@ -178,13 +178,13 @@ SCHEMA: dict = {
                        "MODEL.FCOS's."),
         },
         "PAA": {
-            "TOPK": _i(9, "Candidates per pyramid level and object (highest IoU) that PAA's Gaussian mixture splits; "
-                       "its head and focal loss are MODEL.FCOS's."),
-            "BOX_WEIGHT": _f(1.3, "Weight of the GIoU loss, in the loss and in the anchor score the mixture is fitted to "
-                             "(the paper's 1.3)."),
+            "TOPK": _i(9, "Candidates per pyramid level and object that PAA's Gaussian mixture splits: the anchors of "
+                       "lowest loss among those the IoU matcher (0.1) gives the object. Head and focal loss: MODEL.FCOS's."),
+            "BOX_WEIGHT": _f(1.3, "Weight of the IoU-weighted GIoU loss (the paper's 1.3); the anchor score the mixture "
+                             "is fitted to adds the GIoU loss unweighted, as the authors' code."),
             "IOU_WEIGHT": _f(0.5, "Weight of the IoU-prediction BCE (the paper's 0.5)."),
             "SCORE_VOTING": _b(False, "At test: each kept box becomes the score- and IoU-weighted average of the "
-                               "candidates overlapping it (the paper reports it separately)."),
+                               "candidates overlapping it (on in the authors' COCO config; off in the quickstart)."),
         },
         "SSD": {
             "SIZE": _i(320, "Every image is resized to SIZE x SIZE (SSD's fixed input)."),
