@@ -8,7 +8,8 @@ then the test split once, five seeds, both variants at both test thresholds.
     python benchmarks/protocol.py collect retinanet_shapes  # their AP against training time -> results/curves/
 
 Every run is a ``sampling-free compare`` of one variant and one seed (so ``--jobs 2`` runs two at once, each on one
-thread, and an interrupted protocol resumes run by run), writing its record under ``results/records/<bench>/``.
+thread), writing its record under ``results/records/<bench>/``; ``tune`` and ``test`` skip runs whose record exists
+(made by the same command), so an interrupted protocol resumes run by run, on this machine or another.
 The baseline's grid is as large as sampling-free's: whatever one side may tune, the other may tune as much.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sampling_free.records import read_records, slug_of  # noqa: E402
+from sampling_free.records import read_records, record_path, slug_of  # noqa: E402
 
 TUNE_SEEDS = (100, 101)  # never the test seeds: a setting's lucky seed must not carry into the test table
 TEST_SEEDS = (0, 1, 2, 3, 4)
@@ -120,6 +122,17 @@ def job(bench: str, b: Benchmark, split: str, variant: str, setting: dict, seed:
                   "DATASETS.TEST", repr([split]), *b.common, *extra, *opts_of(setting, variant)]
 
 
+def recorded(bench: str, b: Benchmark, split: str, variant: str, setting: dict, seed: int, args, extra=()) -> bool:
+    """Whether results/records already holds this run's record, made with the same command: a protocol resumed on
+    another machine (whose run folders are gone) trains only what is missing. ``--rerun`` trains it anyway."""
+    path = record_path(Path(args.results) / "records" / bench, split, variant, slug_of(setting), seed)
+    if getattr(args, "rerun", False) or not path.exists():
+        return False
+    record = json.loads(path.read_text())
+    return (record["config_file"], record["overrides"], record["variant_overrides"]) == (
+        b.config, ["DATASETS.TEST", repr([split]), *b.common, *extra], opts_of(setting))
+
+
 def curve_job(bench: str, b: Benchmark, variant: str, setting: dict, seed: int, args) -> tuple[str, list[str]]:
     """Evaluate every checkpoint of a test run (``test`` saves one each CURVE_PERIOD iterations)."""
     run = run_folder(bench, b.test_split, setting, args) / variant / f"seed{seed}"
@@ -211,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(ROOT / "results"), help="records and choices (committed)")
     p.add_argument("--sides", nargs="+", choices=["baseline", "sampling_free", "ohem"],
                    help="tune / test only these sides (default: baseline and sampling_free)")
+    p.add_argument("--rerun", action="store_true", help="tune / test: train runs that already have a record too")
+    p.add_argument("--dry-run", action="store_true", help="print the runs this step would start, start none")
     args = p.parse_args(argv)
     results = Path(args.results)
     commands = []
@@ -219,7 +234,8 @@ def main(argv=None) -> int:
         if args.step == "tune":
             for seed in args.seeds or TUNE_SEEDS:
                 for variant, grid in b.grids(args.sides or ("baseline", "sampling_free")).items():
-                    commands += [job(bench, b, b.tune_split, variant, s, seed, args) for s in grid]
+                    commands += [job(bench, b, b.tune_split, variant, s, seed, args) for s in grid
+                                 if not recorded(bench, b, b.tune_split, variant, s, seed, args)]
         elif args.step == "choose":
             choice = choose(bench, b, results)
             path = results / "choices" / f"{bench}.json"
@@ -236,10 +252,15 @@ def main(argv=None) -> int:
             for seed in args.seeds or (TEST_SEEDS if args.step == "test" else TEST_SEEDS[:1]):
                 for variant in [v for v in (args.sides or ("baseline", "sampling_free")) if v in choice]:
                     if args.step == "test":
-                        commands.append(job(bench, b, b.test_split, variant, choice[variant]["chosen"], seed, args,
-                                            extra=("SOLVER.CHECKPOINT_PERIOD", str(CURVE_PERIOD))))
+                        extra = ("SOLVER.CHECKPOINT_PERIOD", str(CURVE_PERIOD))
+                        if not recorded(bench, b, b.test_split, variant, choice[variant]["chosen"], seed, args, extra):
+                            commands.append(job(bench, b, b.test_split, variant, choice[variant]["chosen"], seed, args,
+                                                extra=extra))
                     else:
                         commands.append(curve_job(bench, b, variant, choice[variant]["chosen"], seed, args))
+    if args.dry_run:
+        print("\n".join(shlex.join(cmd) for _, cmd in commands))
+        return 0
     return 1 if commands and run_jobs(commands, args.jobs, Path(args.output) / "logs") else 0
 
 
