@@ -99,6 +99,15 @@ def test_the_generated_tables_are_what_the_records_give():
 
 
 def test_seconds_to_reach_interpolates_between_checkpoints():
+    tables = _tables_module()
+    points = [{"seconds": 100.0, "AP": 20.0}, {"seconds": 200.0, "AP": 40.0}, {"seconds": 300.0, "AP": 38.0}]
+    assert tables.seconds_to_reach(points, 30.0) == pytest.approx(150.0)  # halfway from 20 to 40
+    assert tables.seconds_to_reach(points, 10.0) == pytest.approx(50.0)  # from (0 s, 0 AP) to the first checkpoint
+    assert tables.seconds_to_reach(points, 40.0) == pytest.approx(200.0)
+    assert tables.seconds_to_reach(points, 41.0) is None
+
+
+def _tables_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tables", ROOT / "benchmarks" / "tables.py")
@@ -108,11 +117,32 @@ def test_seconds_to_reach_interpolates_between_checkpoints():
         spec.loader.exec_module(tables)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    points = [{"seconds": 100.0, "AP": 20.0}, {"seconds": 200.0, "AP": 40.0}, {"seconds": 300.0, "AP": 38.0}]
-    assert tables.seconds_to_reach(points, 30.0) == pytest.approx(150.0)  # halfway from 20 to 40
-    assert tables.seconds_to_reach(points, 10.0) == pytest.approx(50.0)  # from (0 s, 0 AP) to the first checkpoint
-    assert tables.seconds_to_reach(points, 40.0) == pytest.approx(200.0)
-    assert tables.seconds_to_reach(points, 41.0) is None
+    return tables
+
+
+def test_a_benchmark_without_every_test_seed_shows_progress_not_a_verdict(tmp_path):
+    """Five seeds per side or no comparison: a half-run benchmark must not publish a one-seed verdict."""
+    import json
+
+    tables = _tables_module()
+    bench = "faster_rcnn_shapes"
+    choice = {"benchmark": bench, "config": "c.yaml", "split": "shapes_minival", "seeds": [100, 101],
+              "baseline": {"chosen": {"SOLVER.CLIP_GRAD_NORM": 5.0}, "grid": []},
+              "sampling_free": {"chosen": {"MODEL.RPN.POST_NMS_TOP_N_TRAIN": 1000}, "grid": []}}
+    (tmp_path / "choices").mkdir()
+    (tmp_path / "choices" / f"{bench}.json").write_text(json.dumps(choice))
+    folder = tmp_path / "records" / bench / "shapes_val"
+    folder.mkdir(parents=True)
+    runs = [("baseline", s, ["SOLVER.CLIP_GRAD_NORM", "5.0"]) for s in range(5)]
+    runs += [("sampling_free", 0, ["MODEL.RPN.POST_NMS_TOP_N_TRAIN", "1000"])]
+    for variant, seed, overrides in runs:
+        (folder / f"{variant}_seed{seed}.json").write_text(json.dumps(
+            {"variant": variant, "seed": seed, "split": "shapes_val", "variant_overrides": overrides,
+             "metrics": {"bbox": {"AP": 50.0 + seed}}}))
+    table = tables.readme_table(tmp_path)
+    assert "| Faster R-CNN |" not in table
+    assert "Faster R-CNN (test seeds recorded: heuristic 5/5, sampling-free 1/5)" in table
+    assert "Test runs under way" in tables.results_section(tmp_path)
 
 
 def test_a_records_command_runs_as_printed():
