@@ -221,6 +221,16 @@ def _is_ancestor(old: str, new: str, repo: Path) -> bool:
                           capture_output=True).returncode == 0
 
 
+def _same_code(a: str, b: str, files: list[str], repo: Path) -> bool:
+    """Whether the family's code files are byte for byte the same at commits ``a`` and ``b`` (same git blobs), so a
+    run at either trained the same code."""
+    if a == b:
+        return True
+    blobs = [subprocess.run(["git", "rev-parse", "--verify", "-q", f"{c}:{f}"], cwd=repo, capture_output=True,
+                            text=True).stdout.strip() for c in (a, b) for f in files]
+    return blobs[:len(files)] == blobs[len(files):]
+
+
 def _same_scores(a: dict, b: dict) -> bool:
     return {t: a.get(t) for t in ("bbox", "segm")} == {t: b.get(t) for t in ("bbox", "segm")}
 
@@ -230,8 +240,10 @@ def currency(record: dict, all_records: list[dict], repo: Path) -> tuple[str, st
 
     Current: no file of its family's code (``code_files``) changed after the commit it ran at. Carried: the code
     changed since, but the same recipe re-run at a commit with the change -- a *witness*, any record with the same
-    config hash and seed at a later commit -- measured exactly the same metrics, so the change did not change what
-    that recipe trains (a refactor). Otherwise stale: re-run it."""
+    config hash and seed at a later commit -- measured exactly the same metrics as its twin from before the change, so
+    the change did not change what that recipe trains (a refactor). The twin may sit at another commit than the
+    record as long as the family's code files are identical at both (records made at several commits of unchanged
+    code need one witness, not one each). Otherwise stale: re-run it."""
     if record.get("dirty") or not record.get("commit"):
         return "dirty", "trained from a tree with uncommitted changes (or outside git)"
     files = code_files(ARCHITECTURE_OF[record["family"]])
@@ -242,7 +254,8 @@ def currency(record: dict, all_records: list[dict], repo: Path) -> tuple[str, st
         if (w is not record and w["config_hash"] == record["config_hash"] and w.get("commit") and not w.get("dirty")
                 and _is_ancestor(last, w["commit"], repo)):
             twin = [r for r in all_records if r["config_hash"] == record["config_hash"] and r["seed"] == w["seed"]
-                    and r.get("commit") == record["commit"] and r.get("split") == w.get("split")]
-            if twin and _same_scores(twin[0]["metrics"], w["metrics"]):
+                    and r.get("commit") and not r.get("dirty") and not _is_ancestor(last, r["commit"], repo)
+                    and r.get("split") == w.get("split") and _same_code(r["commit"], record["commit"], files, repo)]
+            if twin and all(_same_scores(t["metrics"], w["metrics"]) for t in twin):
                 return "carried", f"re-run at {w['commit'][:7]} (seed {w['seed']}) gave identical metrics"
     return "stale", f"{', '.join(files)} changed at {last[:7]}, after the record's commit {record['commit'][:7]}"

@@ -73,6 +73,32 @@ def test_a_record_goes_stale_when_its_family_code_changes_and_a_witness_carries_
     assert records.currency({**record(head), "dirty": True}, [], ROOT)[0] == "dirty"
 
 
+@needs_history
+def test_a_witness_carries_records_made_at_other_commits_of_the_same_code():
+    """Records of one recipe made at several commits between two changes of the family's code share one witness;
+    a twin from before an earlier change (other code) carries nothing."""
+    files = records.code_files("RetinaNet")
+    changes = _git("log", "--format=%H", "--", *files).splitlines()
+    # two successive changes of RetinaNet's code with other commits between them: those commits have `previous`'s code
+    pairs = [(newer, older) for newer, older in zip(changes, changes[1:]) if _git("rev-parse", f"{newer}^") != older]
+    assert pairs, "the history has no commit between two changes of RetinaNet's code"
+    newer, previous = pairs[0]
+    same_code_as_previous, older = _git("rev-parse", f"{newer}^"), _git("rev-parse", f"{previous}^")
+    head = _git("rev-parse", "HEAD")
+
+    def record(commit, seed=0, ap=50.0):
+        return {"family": "retinanet", "commit": commit, "dirty": False, "config_hash": "abc", "seed": seed,
+                "split": "shapes_val", "metrics": {"bbox": {"AP": ap}}}
+
+    stale, twin, witness = record(previous, seed=3, ap=48.0), record(same_code_as_previous), record(head)
+    assert records.currency(stale, [stale], ROOT)[0] == "stale"
+    assert records.currency(stale, [stale, twin, witness], ROOT)[0] == "carried"
+    assert records.currency(stale, [stale, twin, record(head, ap=50.5)], ROOT)[0] == "stale"  # not identical
+    before = record(older)  # a twin at other code proves nothing about the record's
+    assert records.currency(stale, [stale, before, witness], ROOT)[0] == "stale"
+    assert not records._same_code(older, previous, files, ROOT)
+
+
 def test_code_files_follow_the_imports_of_the_family():
     files = records.code_files("CascadeRCNN")
     assert {"sampling_free/modeling/cascade.py", "sampling_free/modeling/rcnn.py", "sampling_free/mechanism.py"} \
