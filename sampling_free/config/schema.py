@@ -242,8 +242,9 @@ SCHEMA: dict = {
                           "or ohem (online hard example mining, Shrivastava et al. 2016: every RoI through the box head "
                           "without gradient, the BATCH_SIZE_PER_IMAGE of largest loss per image trained on). Ignored "
                           "when the RoI heads are sampling-free.", choices=("random", "ohem")),
-            "OHEM_NMS_THRESH": _f(0.7, "OHEM: NMS among an image's RoIs by their loss at this IoU before the hardest are "
-                                  "kept, so that one hard object does not fill the batch (the paper's 0.7; <= 0: none)."),
+            "OHEM_NMS_THRESH": _f(0.7, "OHEM: NMS by loss among an image's RoIs of one label at this IoU before the hardest "
+                                  "are kept, so that copies of one hard RoI do not fill the batch (the paper's 0.7 and "
+                                  "its code's per-label NMS; <= 0: none)."),
             "BBOX_REG_WEIGHTS": _l([10.0, 10.0, 5.0, 5.0], "Box coder weights of the box head.", item="float"),
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Per-class NMS IoU at test time."),
