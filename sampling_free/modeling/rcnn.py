@@ -116,7 +116,8 @@ class SamplingFreeRPN(RegionProposalNetwork):
             loss_reg = loss_reg / (4 * num_pos) * 0.5
         self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
         if self.switches.guided_loss:
-            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio)
+            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio,
+                              outputs=(objectness, deltas))
         return loss_obj, loss_reg
 
     def forward(self, images, features, targets=None):
@@ -167,7 +168,8 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / num_rois
     stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive_deltas.shape[0])}
     if switches.guided_loss:
-        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale, frozen)
+        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale, frozen,
+                          outputs=(class_logits, positive_deltas))
     return loss_cls, loss_reg, stats
 
 
