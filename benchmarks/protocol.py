@@ -6,11 +6,18 @@ then the test split once, five seeds, both variants at both test thresholds.
     python benchmarks/protocol.py test retinanet_shapes     # both sides, chosen settings, seeds 0-4, test split
     python benchmarks/protocol.py curve retinanet_shapes    # seed 0's checkpoints (every 100 iterations) evaluated
     python benchmarks/protocol.py collect retinanet_shapes  # their AP against training time -> results/curves/
+    python benchmarks/protocol.py explore faster_rcnn_shapes --set MODEL.RPN.CLASSIFICATION_SCALE 2.0
+                                                            # research: a side's choice changed, on validation only
 
 Every run is a ``sampling-free compare`` of one variant and one seed (so ``--jobs 2`` runs two at once, each on one
 thread), writing its record under ``results/records/<bench>/``; ``tune`` and ``test`` skip runs whose record exists
 (made by the same command), so an interrupted protocol resumes run by run, on this machine or another.
 The baseline's grid is as large as sampling-free's: whatever one side may tune, the other may tune as much.
+
+``explore`` is for designing a rule (issue "No knob to tune"), not for tuning a table: it trains a side's chosen
+setting with ``--set`` overrides on the validation split with the tuning seeds, records under
+``results/research/records/`` (never read by ``choose`` or the tables) and prints them beside the choice's own
+validation APs. The test split is never touched.
 """
 from __future__ import annotations
 
@@ -214,9 +221,28 @@ def choose(bench: str, b: Benchmark, results: Path) -> dict:
     return choice
 
 
+def explored(bench: str, b: Benchmark, choice: dict, side: str, setting: dict, research: Path) -> str:
+    """One line: an explored setting's validation AP per tuning seed and mean, beside the side's choice's."""
+    def aps(folder: Path, s: dict) -> dict[int, float]:
+        found = {}
+        for seed in TUNE_SEEDS:
+            path = record_path(folder / bench, b.tune_split, side, slug_of(s), seed)
+            if path.exists():
+                found[seed] = json.loads(path.read_text())["metrics"]["bbox"]["AP"]
+        return found
+
+    mine, chosen = aps(research / "records", setting), aps(research.parent / "records", choice[side]["chosen"])
+
+    def show(found):
+        return ", ".join(f"{found[s]:.2f}" for s in sorted(found)) + (
+            f" (mean {statistics.mean(found.values()):.2f})" if found else "—")
+    own = slug_of(choice[side]["chosen"])
+    return f"{bench} {side} {slug_of(setting)}: {show(mine)}; the choice {own}: {show(chosen)}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["tune", "choose", "test", "curve", "collect"])
+    p.add_argument("step", choices=["tune", "choose", "test", "curve", "collect", "explore"])
     p.add_argument("benchmarks", nargs="+", choices=list(BENCHMARKS))
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each")
     p.add_argument("--seeds", type=int, nargs="+", help="override the step's seeds")
@@ -226,9 +252,13 @@ def main(argv=None) -> int:
                    help="tune / test only these sides (default: baseline and sampling_free)")
     p.add_argument("--rerun", action="store_true", help="tune / test: train runs that already have a record too")
     p.add_argument("--dry-run", action="store_true", help="print the runs this step would start, start none")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY VALUE",
+                   help="explore: config overrides on top of the side's choice (pairs)")
     args = p.parse_args(argv)
     results = Path(args.results)
-    commands = []
+    if args.step == "explore" and (not args.set or len(args.set) % 2):
+        p.error("explore needs --set KEY VALUE [KEY VALUE ...]")
+    commands, reports = [], []
     for bench in args.benchmarks:
         b = BENCHMARKS[bench]
         if args.step == "tune":
@@ -242,6 +272,15 @@ def main(argv=None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(choice, indent=2) + "\n")
             print(path, {v: choice[v]["chosen"] for v in b.grids() if v in choice})
+        elif args.step == "explore":
+            choice = json.loads((results / "choices" / f"{bench}.json").read_text())
+            research = argparse.Namespace(**{**vars(args), "results": str(results / "research")})
+            for side in args.sides or ("sampling_free",):
+                setting = {**choice[side]["chosen"], **dict(zip(args.set[::2], args.set[1::2]))}
+                reports.append((bench, b, choice, side, setting))
+                commands += [job(bench, b, b.tune_split, side, setting, seed, research)
+                             for seed in args.seeds or TUNE_SEEDS
+                             if not recorded(bench, b, b.tune_split, side, setting, seed, research)]
         elif args.step == "collect":
             path = results / "curves" / f"{bench}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +300,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         print("\n".join(shlex.join(cmd) for _, cmd in commands))
         return 0
-    return 1 if commands and run_jobs(commands, args.jobs, Path(args.output) / "logs") else 0
+    failed = bool(commands) and run_jobs(commands, args.jobs, Path(args.output) / "logs")
+    for report in reports:
+        print(explored(*report, results / "research"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -31,3 +31,38 @@ def test_tune_skips_runs_whose_record_was_made_by_the_same_command(tmp_path):
                                                          and "sampling_free:MODEL.CLASSIFICATION_SCALE 2.0" in c]
     assert len(left) == len(everything) - 1  # the record made with other overrides is trained again
     assert dry_run("tune", "retinanet_shapes", "--results", str(results), "--rerun") == everything
+
+
+def test_explore_trains_a_changed_choice_on_validation_only_and_records_it_apart(tmp_path):
+    results = tmp_path / "results"
+    (results / "choices").mkdir(parents=True)
+    choice = {"sampling_free": {"chosen": {"MODEL.CLASSIFICATION_SCALE": 2.0}},
+              "baseline": {"chosen": {"MODEL.RETINANET.FOCAL_LOSS_GAMMA": 1.0}}}
+    (results / "choices" / "retinanet_shapes.json").write_text(json.dumps(choice))
+    runs = dry_run("explore", "retinanet_shapes", "--results", str(results), "--set", "SOLVER.MAX_ITER", "1800")
+    assert len(runs) == 2 and all("shapes_minival" in r and "shapes_val" not in r for r in runs)  # validation only
+    assert {r.split("--seeds ")[1].split()[0] for r in runs} == {"100", "101"}
+    for r in runs:
+        assert "sampling_free:MODEL.CLASSIFICATION_SCALE 2.0" in r and "sampling_free:SOLVER.MAX_ITER 1800" in r
+        assert f"--records {results / 'research' / 'records' / 'retinanet_shapes'}" in r
+    done = subprocess.run([sys.executable, "benchmarks/protocol.py", "explore", "retinanet_shapes", "--results",
+                           str(results), "--dry-run"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "explore needs --set KEY VALUE" in done.stderr
+
+
+def test_explore_reports_beside_the_choice(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    b = protocol.BENCHMARKS["retinanet_shapes"]
+    chosen, tried = {"MODEL.CLASSIFICATION_SCALE": 2.0}, {"MODEL.CLASSIFICATION_SCALE": 2.0, "SOLVER.MAX_ITER": "1800"}
+    for folder, setting, aps in ((tmp_path / "records", chosen, (50.0, 52.0)),
+                                 (tmp_path / "research" / "records", tried, (53.0, 54.0))):
+        for seed, ap in zip(protocol.TUNE_SEEDS, aps):
+            path = protocol.record_path(folder / "retinanet_shapes", "shapes_minival", "sampling_free",
+                                        protocol.slug_of(setting), seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"metrics": {"bbox": {"AP": ap}}}))
+    line = protocol.explored("retinanet_shapes", b, {"sampling_free": {"chosen": chosen}}, "sampling_free", tried,
+                             tmp_path / "research")
+    assert "53.00, 54.00 (mean 53.50)" in line and "50.00, 52.00 (mean 51.00)" in line
