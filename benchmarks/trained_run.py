@@ -7,14 +7,14 @@ from sampling_free.checkpoint import load_checkpoint, load_whole
 from sampling_free.modeling import build_model
 
 
-def load_trained_run(run: str, *, split: str = "train"):
+def load_trained_run(run: str, *, split: str = "train", weights: str = "model_final.pth"):
     """(config, model, dataset) of ``run``: its config without flips, its final weights. ``split="train"``: the first
     training set, the model in training mode (training-time proposal counts and NMS); ``"test"``: the first test set,
-    the model in eval mode."""
+    the model in eval mode. ``weights``: another checkpoint of the run (``model_0000100.pth``)."""
     cfg = load_config(f"{run}/config.yaml", values={"INPUT.HFLIP_PROB": 0.0})
     training = split == "train"
     names = cfg.DATASETS.TRAIN if training else cfg.DATASETS.TEST
     dataset = build_datasets(names, cfg, training=training)[0]
     model = build_model(cfg, dataset.num_classes)
-    load_whole(model, load_checkpoint(f"{run}/model_final.pth")["model"], f"{run}/model_final.pth")
+    load_whole(model, load_checkpoint(f"{run}/{weights}")["model"], f"{run}/{weights}")
     return cfg, model.train(training), dataset

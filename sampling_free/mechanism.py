@@ -12,7 +12,9 @@ focal loss / RPN+RoI undersampling / hard-negative mining by
 
 Every detector adapter in ``sampling_free.modeling`` calls these functions and nothing else of the method.
 
-Two options follow the original's later (journal) code rather than the paper: ``FrozenGuidedRatio`` takes the ratio
+``gradient_guided_scaling`` (an experiment, off) takes guided scaling's ratio from the gradients the two losses
+send into their outputs rather than from the losses' values. Two options follow the original's later (journal)
+code rather than the paper: ``FrozenGuidedRatio`` takes the ratio
 of guided scaling every step only for a warm-up, then keeps it fixed; ``UncertaintyWeights`` weighs every loss term
 by a learned σ. Both are off unless configured.
 """
@@ -23,8 +25,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["optimal_bias", "guided_loss_scaling", "adaptive_score_threshold", "prior_from_counts",
-           "class_priors_from_counts", "FrozenGuidedRatio", "UncertaintyWeights"]
+__all__ = ["optimal_bias", "guided_loss_scaling", "gradient_guided_scaling", "gradient_mass", "adaptive_score_threshold",
+           "prior_from_counts", "class_priors_from_counts", "FrozenGuidedRatio", "UncertaintyWeights"]
 
 
 def prior_from_counts(num_foreground: float, num_background: float, num_classes: int) -> float:
@@ -74,6 +76,40 @@ def guided_loss_scaling(
     ``[reg_loss, cls_loss]`` before the ratio is taken (e.g. to its mean over processes, for one ratio per step).
     """
     values = torch.stack([reg_loss.detach(), cls_loss.detach()])
+    if reduce is not None:
+        values = reduce(values)
+    ratio = values[0] / values[1].clamp(min=eps)
+    return cls_loss * (ratio * scale)
+
+
+GRADIENT_MASS_SCALE = 2.0 ** 12
+
+
+def gradient_mass(loss: torch.Tensor, outputs) -> torch.Tensor:
+    """``Σ |∂loss / ∂outputs|`` over every element of ``outputs`` (a tensor or a sequence of them), without touching
+    any parameter's gradient: the total pull a loss puts on the head outputs it is computed from. The loss is
+    multiplied by 2^12 for the backward pass and the sum divided by it (exact in float32): under AMP the outputs
+    are float16, and a negative anchor's share of a mean over 10^5 anchors would otherwise round to 0."""
+    outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    if not loss.requires_grad:
+        return loss.detach().new_zeros(())
+    grads = torch.autograd.grad(loss * GRADIENT_MASS_SCALE, outputs, retain_graph=True, allow_unused=True)
+    zero = loss.detach().new_zeros((), dtype=torch.float32)
+    return sum((g.float().abs().sum() for g in grads if g is not None), zero) / GRADIENT_MASS_SCALE
+
+
+def gradient_guided_scaling(cls_loss: torch.Tensor, reg_loss: torch.Tensor, cls_outputs, reg_outputs,
+                            scale: float = 1.0, eps: float = 1e-12, *, reduce=None) -> torch.Tensor:
+    """``scale * cls_loss * stopgrad(G_reg / G_cls)``, G the gradient mass (``gradient_mass``) each loss puts on the
+    outputs it reads: the classification logits for ``cls_loss``, the box outputs for ``reg_loss``.
+
+    Beyond the paper, an experiment (issue "No knob to tune"): guided scaling matches loss *values*, so its
+    classification gradient depends on the box loss's form (smooth-L1 with β 1/9, GIoU and L1 differ by factors
+    at the same error) and falls as the boxes improve; matching the gradient each loss sends into its outputs does
+    not. After the scaling, the classification loss pulls on its logits with ``scale`` times the total force the
+    box loss pulls on the boxes. ``reduce`` maps the detached pair ``[G_reg, G_cls]`` (e.g. to its mean over
+    processes) before the ratio is taken."""
+    values = torch.stack([gradient_mass(reg_loss, reg_outputs), gradient_mass(cls_loss, cls_outputs)]).detach()
     if reduce is not None:
         values = reduce(values)
     ratio = values[0] / values[1].clamp(min=eps)

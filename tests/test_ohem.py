@@ -31,10 +31,36 @@ def test_roi_losses_by_hand():
 def test_hardest_rois_by_hand():
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [20, 20, 30, 30], [40, 40, 50, 50], [0, 0, 10, 10.5]])
     loss = torch.tensor([5.0, 4.0, 1.0, 3.0, 2.0])
-    assert hardest_rois([loss], [boxes], per_image=3, nms_thresh=0.0)[0].tolist() == [0, 1, 3]
+    one_label = [torch.zeros(5, dtype=torch.long)]
+    assert hardest_rois([loss], [boxes], one_label, per_image=3, nms_thresh=0.0)[0].tolist() == [0, 1, 3]
     # box 1 (IoU 0.9 with box 0) and box 4 (0.95) are copies of the hardest: NMS at 0.7 keeps one of them
-    assert hardest_rois([loss], [boxes], per_image=3, nms_thresh=0.7)[0].tolist() == [0, 3, 2]
-    assert hardest_rois([loss], [boxes], per_image=10, nms_thresh=0.7)[0].tolist() == [0, 3, 2]
+    assert hardest_rois([loss], [boxes], one_label, per_image=3, nms_thresh=0.7)[0].tolist() == [0, 3, 2]
+    assert hardest_rois([loss], [boxes], one_label, per_image=10, nms_thresh=0.7)[0].tolist() == [0, 3, 2]
+
+
+def test_hardest_rois_suppress_only_within_a_label():
+    """The authors' OHEM runs NMS per image and per label: a hard background RoI over an object's positive RoI is
+    not a copy of it, so both stay; two overlapping RoIs of one label are, so one goes."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 9.5], [40, 40, 50, 50]])
+    loss = torch.tensor([5.0, 4.0, 3.5, 1.0])
+    labels = torch.tensor([2, 0, 0, 1])  # RoI 0 positive; 1 and 2 background copies of each other over it
+    assert hardest_rois([loss], [boxes], [labels], per_image=4, nms_thresh=0.7)[0].tolist() == [0, 1, 3]
+    assert hardest_rois([loss], [boxes], [torch.zeros(4, dtype=torch.long)], per_image=4,
+                        nms_thresh=0.7)[0].tolist() == [0, 3]
+    # per image: the same boxes in a second image are judged on their own
+    two = hardest_rois([loss, loss.flip(0)], [boxes, boxes.flip(0)], [labels, labels.flip(0)], per_image=2,
+                       nms_thresh=0.7)
+    assert [k.tolist() for k in two] == [[0, 1], [3, 2]]
+
+
+def greedy_nms_per_label(boxes, loss, labels, thresh):
+    """NMS written out: visit RoIs from the largest loss down, keep one unless a kept RoI of its label overlaps it
+    above ``thresh``."""
+    kept = []
+    for k in loss.argsort(descending=True).tolist():
+        if all(labels[j] != labels[k] or box_iou(boxes[j:j + 1], boxes[k:k + 1]).item() <= thresh for j in kept):
+            kept.append(k)
+    return torch.tensor(kept, dtype=torch.long)
 
 
 def every_roi_loss(model, features, rois, targets, images):
@@ -56,14 +82,15 @@ def every_roi_loss(model, features, rois, targets, images):
         deltas = regression[start:start + n].reshape(n, -1, 4)[pos, labels[pos]]
         coded = heads.box_coder.encode_single(gt[pos], r[pos])
         loss[pos] += F.smooth_l1_loss(deltas, coded, beta=1.0, reduction="none").sum(1)  # ROI_BOX_HEAD.SMOOTH_L1_BETA
-        out.append(loss)
+        out.append((loss, labels))
         start += n
     return out
 
 
-def test_faster_rcnn_trains_on_the_hardest_rois():
+@pytest.mark.parametrize("nms_thresh", [0.0, 0.7])
+def test_faster_rcnn_trains_on_the_hardest_rois(nms_thresh):
     cfg = load_config(values={**BASE, "MODEL.SAMPLING_FREE_ON": False, "MODEL.ROI_HEADS.SAMPLER": "ohem",
-                              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 40, "MODEL.ROI_HEADS.OHEM_NMS_THRESH": 0.0})
+                              "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 40, "MODEL.ROI_HEADS.OHEM_NMS_THRESH": nms_thresh})
     torch.manual_seed(0)
     model = build_model(cfg, 3).train()
     model.set_prior(1e-3)
@@ -78,9 +105,11 @@ def test_faster_rcnn_trains_on_the_hardest_rois():
     trained = seen["pooled"][1]
     everything = [torch.cat([p, t["boxes"]]) for p, t in zip(seen["proposals"], seen["targets"])]
     losses = every_roi_loss(model, seen["features"], everything, seen["targets"], seen["images"])
-    for kept, rois, loss in zip(trained, everything, losses):
-        want = rois[loss.argsort(descending=True)[:40]]
-        assert torch.equal(kept, want)
+    for kept, rois, (loss, labels) in zip(trained, everything, losses):
+        order = greedy_nms_per_label(rois, loss, labels, nms_thresh) if nms_thresh else loss.argsort(descending=True)
+        assert torch.equal(kept, rois[order[:40]])
+        if nms_thresh:
+            assert len(order) < len(rois)  # the NMS removed copies
     assert model.training_stats["roi_samples"] == 80
     # a random sampler would keep the 25 % cap on positives; the hardest 40 here are mostly positives and GT boxes
     assert model.training_stats["roi_pos"] > 0.25 * 40

@@ -75,6 +75,11 @@ SCHEMA: dict = {
             "NMS_THRESH": _f(0.55, "RetinaNet NMS IoU with the adaptive threshold (the original's 0.55)."),
             "ROI_SCORE_THRESH": _f(1e-4, "R-CNN box-head test score threshold with ADAPTIVE_THRESHOLD on (the "
                                    "original's fixed 1e-4)."),
+            "GUIDANCE": _s("loss", "Guided scaling's ratio: 'loss', L_reg / L_cls (the paper); 'gradient', the ratio "
+                           "of the gradient mass each loss puts on its head outputs (sum of |dL_reg/d box outputs| "
+                           "over sum of |dL_cls/d logits|), so that the classification pull does not depend on the "
+                           "box loss's form or on how far the boxes have converged. Beyond the paper; an experiment "
+                           "(issue 'No knob to tune'); not with GUIDED_WARMUP_ITERS.", choices=("loss", "gradient")),
             "SYNC_GUIDED_RATIO": _b(False, "Multi-process training: one guided-scaling ratio per step from the losses "
                                     "averaged over processes, instead of one per process (the original)."),
             "GUIDED_WARMUP_ITERS": _i(0, "Guided scaling as the original's journal code: the ratio L_reg / L_cls is "
@@ -242,8 +247,9 @@ SCHEMA: dict = {
                           "or ohem (online hard example mining, Shrivastava et al. 2016: every RoI through the box head "
                           "without gradient, the BATCH_SIZE_PER_IMAGE of largest loss per image trained on). Ignored "
                           "when the RoI heads are sampling-free.", choices=("random", "ohem")),
-            "OHEM_NMS_THRESH": _f(0.7, "OHEM: NMS among an image's RoIs by their loss at this IoU before the hardest are "
-                                  "kept, so that one hard object does not fill the batch (the paper's 0.7; <= 0: none)."),
+            "OHEM_NMS_THRESH": _f(0.7, "OHEM: NMS by loss among an image's RoIs of one label at this IoU before the hardest "
+                                  "are kept, so that copies of one hard RoI do not fill the batch (the paper's 0.7 and "
+                                  "its code's per-label NMS; <= 0: none)."),
             "BBOX_REG_WEIGHTS": _l([10.0, 10.0, 5.0, 5.0], "Box coder weights of the box head.", item="float"),
             "SCORE_THRESH": _f(0.05, "Baseline test score threshold."),
             "NMS_THRESH": _f(0.5, "Per-class NMS IoU at test time."),

@@ -99,7 +99,7 @@ class CascadeRoIHeads(nn.Module):
             reg_targets = stage.box_coder.encode_single(self.matched_boxes(matched, targets)[positive],
                                                         torch.cat(boxes)[positive])
             losses = roi_losses(logits, deltas[positive], flat, reg_targets, beta=self.smooth_l1_beta)
-        return hardest_rois(list(losses.split([len(b) for b in boxes])), boxes,
+        return hardest_rois(list(losses.split([len(b) for b in boxes])), boxes, labels,
                             per_image=self.sampler.batch_size_per_image, nms_thresh=self.ohem_nms_thresh)
 
     @staticmethod

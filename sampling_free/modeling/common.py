@@ -10,7 +10,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ..distributed import mean_over_ranks
-from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, guided_loss_scaling
+from ..mechanism import FrozenGuidedRatio, UncertaintyWeights, gradient_guided_scaling, guided_loss_scaling
 
 
 class DetectionTransform(GeneralizedRCNNTransform):
@@ -71,6 +71,7 @@ class Switches:
     learned_loss_weights: bool = False  # journal version: every loss weighted by a learned σ (with guided_loss)
     per_class_prior: bool = False  # one-stage: a π per class for the bias and the test threshold
     iou_target: bool = False  # RetinaNet with BCE: a positive's target is its predicted box's IoU, not 1
+    guidance: str = "loss"  # guided scaling matches the losses' values ("loss") or their gradient mass ("gradient")
 
     @property
     def needs_prior(self) -> bool:
@@ -92,10 +93,13 @@ def resolve_switches(cfg, *, default_scale: float, stage_on: bool | None = None)
 
     scale = cfg.MODEL.CLASSIFICATION_SCALE
     guided_on, bce = pick(sf.GUIDED_LOSS), pick(sf.NO_HEURISTIC)
+    if sf.GUIDANCE == "gradient" and sf.GUIDED_WARMUP_ITERS > 0:
+        raise ValueError("MODEL.SAMPLING_FREE.GUIDANCE gradient takes its ratio every step; it cannot be frozen "
+                         "after a warm-up (GUIDED_WARMUP_ITERS > 0): set one of them")
     return Switches(bce, pick(sf.BIAS_INIT), guided_on, pick(sf.ADAPTIVE_THRESHOLD),
                     default_scale if scale is None else scale, sf.SYNC_GUIDED_RATIO,
                     sf.GUIDED_WARMUP_ITERS if guided_on else 0, bool(sf.LEARNED_LOSS_WEIGHTS and guided_on),
-                    sf.PER_CLASS_PRIOR, bool(sf.IOU_TARGET and bce))
+                    sf.PER_CLASS_PRIOR, bool(sf.IOU_TARGET and bce), sf.GUIDANCE)
 
 
 def frozen_ratio(switches: Switches) -> FrozenGuidedRatio | None:
@@ -106,10 +110,16 @@ def frozen_ratio(switches: Switches) -> FrozenGuidedRatio | None:
 
 
 def guided(switches: Switches, cls_loss: torch.Tensor, reg_loss: torch.Tensor, scale: float,
-           frozen: FrozenGuidedRatio | None = None) -> torch.Tensor:
+           frozen: FrozenGuidedRatio | None = None, *, outputs: tuple | None = None) -> torch.Tensor:
     """``guided_loss_scaling`` with the ratio taken per process (the original) or over all processes; through
-    ``frozen`` when the ratio is frozen after a warm-up."""
+    ``frozen`` when the ratio is frozen after a warm-up. With ``switches.guidance == "gradient"``, the ratio is the
+    losses' gradient masses on ``outputs`` = (classification outputs, box outputs) instead of their values
+    (``gradient_guided_scaling``)."""
     reduce = mean_over_ranks if switches.sync_guided_ratio else None
+    if switches.guidance == "gradient":
+        if outputs is None:
+            raise ValueError("MODEL.SAMPLING_FREE.GUIDANCE gradient: this head does not pass its outputs")
+        return gradient_guided_scaling(cls_loss, reg_loss, *outputs, scale, reduce=reduce)
     if frozen is not None:
         return frozen(cls_loss, reg_loss, scale, reduce=reduce)
     return guided_loss_scaling(cls_loss, reg_loss, scale, reduce=reduce)

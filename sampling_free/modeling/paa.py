@@ -180,7 +180,8 @@ class SamplingFreePAA(SamplingFreeFCOS):
             loss_box, loss_iou = deltas.sum() * 0.0, iou_logits.sum() * 0.0
         self.last_stats = {"num_pos": float(fg.sum()), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
-            loss_cls = guided(self.switches, loss_cls, loss_box, self.switches.classification_scale, self.frozen_ratio)
+            loss_cls = guided(self.switches, loss_cls, loss_box, self.switches.classification_scale, self.frozen_ratio,
+                              outputs=(cls_logits, deltas))
         return weigh(self.loss_weights, dict(zip(self.loss_names, (loss_cls, loss_box, loss_iou))))
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):

@@ -22,7 +22,7 @@ RoI box head (``SamplingFreeRoIHeads``):
 * mask head: loss unchanged, fed every positive RoI (the baseline's sampler keeps at most 128 per image).
 * baseline with ``MODEL.ROI_HEADS.SAMPLER ohem``: online hard example mining instead of the random sampler --
   every RoI through the box head without gradient, then per image the ``BATCH_SIZE_PER_IMAGE`` RoIs of largest
-  loss (after NMS among them by loss, ``OHEM_NMS_THRESH``) are trained on (``hardest_rois``), as Shrivastava et al.
+  loss (after NMS by loss among RoIs of one label, ``OHEM_NMS_THRESH``) are trained on (``hardest_rois``), as Shrivastava et al.
 """
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ class SamplingFreeRPN(RegionProposalNetwork):
             loss_reg = loss_reg / (4 * num_pos) * 0.5
         self.last_stats = {"rpn_samples": float(used.numel()), "rpn_pos": float(positive.numel())}
         if self.switches.guided_loss:
-            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio)
+            loss_obj = guided(self.switches, loss_obj, loss_reg, self.rpn_scale, self.frozen_ratio,
+                              outputs=(objectness, deltas))
         return loss_obj, loss_reg
 
     def forward(self, images, features, targets=None):
@@ -167,7 +168,8 @@ def rcnn_box_loss(class_logits, positive_deltas, labels, positive_targets, *, sw
     loss_reg = loss_reg / (4 * num_pos) if switches.no_heuristic else loss_reg / num_rois
     stats = {"roi_samples": float(labels.numel()), "roi_pos": float(positive_deltas.shape[0])}
     if switches.guided_loss:
-        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale, frozen)
+        loss_cls = guided(switches, loss_cls, loss_reg, switches.classification_scale, frozen,
+                          outputs=(class_logits, positive_deltas))
     return loss_cls, loss_reg, stats
 
 
@@ -180,13 +182,15 @@ def roi_losses(class_logits, positive_deltas, labels, positive_targets, *, beta:
     return loss.index_add(0, positive, box.to(loss.dtype))
 
 
-def hardest_rois(losses: list[torch.Tensor], boxes: list[torch.Tensor], *, per_image: int,
-                 nms_thresh: float) -> list[torch.Tensor]:
+def hardest_rois(losses: list[torch.Tensor], boxes: list[torch.Tensor], labels: list[torch.Tensor], *,
+                 per_image: int, nms_thresh: float) -> list[torch.Tensor]:
     """OHEM's selection: per image, the indices of the ``per_image`` RoIs of largest loss; with ``nms_thresh`` > 0,
-    among those NMS (by loss) keeps, so that overlapping copies of one hard RoI do not fill the batch."""
+    among those NMS (by loss, within each label, as the authors' ``get_ohem_minibatch``) keeps, so that overlapping
+    copies of one hard RoI do not fill the batch while a hard background RoI and the object it overlaps both stay."""
     keep = []
-    for loss, b in zip(losses, boxes):
-        order = box_ops.nms(b, loss, nms_thresh) if nms_thresh > 0 else loss.argsort(descending=True)
+    for loss, b, label in zip(losses, boxes, labels):
+        order = (box_ops.batched_nms(b, loss, label, nms_thresh) if nms_thresh > 0
+                 else loss.argsort(descending=True))
         keep.append(order[:per_image])
     return keep
 
@@ -239,7 +243,7 @@ class SamplingFreeRoIHeads(RoIHeads):
         positive = torch.where(flat > 0)[0]
         per_class = regression.reshape(flat.numel(), -1, 4)[positive, flat[positive]]
         losses = roi_losses(logits, per_class, flat, torch.cat(regression_targets)[positive], beta=self.smooth_l1_beta)
-        return hardest_rois(list(losses.split([len(p) for p in proposals])), proposals,
+        return hardest_rois(list(losses.split([len(p) for p in proposals])), proposals, labels,
                             per_image=self.fg_bg_sampler.batch_size_per_image, nms_thresh=self.ohem_nms_thresh)
 
     def box_loss(self, class_logits, box_regression, labels, regression_targets):

@@ -105,7 +105,7 @@ class RetinaNetLoss(nn.Module):
         self.last_stats = {"num_pos": float(num_pos), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
             loss_cls = guided(self.switches, loss_cls, loss_reg, self.switches.classification_scale,
-                              self.frozen_ratio)
+                              self.frozen_ratio, outputs=(cls_logits, box_deltas))
             self.last_stats["guided_ratio"] = float(loss_cls.detach() / max(self.last_stats["cls_unscaled"], 1e-12))
         return dict(zip(LOSS_NAMES[self.style], (loss_cls, loss_reg)))
 

@@ -123,7 +123,8 @@ class SamplingFreeSSD(TorchvisionThresholds, SSD):
         self.last_stats = {"num_pos": float(num_pos), "cls_unscaled": float(losses["classification"].detach())}
         if self.switches.guided_loss:
             losses["classification"] = guided(self.switches, losses["classification"], losses["bbox_regression"],
-                                              self.switches.classification_scale, self.frozen_ratio)
+                                              self.switches.classification_scale, self.frozen_ratio,
+                                              outputs=(head_outputs["cls_logits"], head_outputs["bbox_regression"]))
         return weigh(self.loss_weights, losses)
 
     def _every_box_loss(self, targets, head_outputs, anchors, matched_idxs) -> dict[str, torch.Tensor]:
