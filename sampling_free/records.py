@@ -222,13 +222,10 @@ def _is_ancestor(old: str, new: str, repo: Path) -> bool:
 
 
 def _same_code(a: str, b: str, files: list[str], repo: Path) -> bool:
-    """Whether the family's code files are byte for byte the same at commits ``a`` and ``b`` (same git blobs), so a
-    run at either trained the same code."""
-    if a == b:
-        return True
-    blobs = [subprocess.run(["git", "rev-parse", "--verify", "-q", f"{c}:{f}"], cwd=repo, capture_output=True,
-                            text=True).stdout.strip() for c in (a, b) for f in files]
-    return blobs[:len(files)] == blobs[len(files):]
+    """Whether the family's code files are byte for byte the same at commits ``a`` and ``b``, so a run at either
+    trained the same code."""
+    return a == b or subprocess.run(["git", "diff", "--quiet", a, b, "--", *files], cwd=repo,
+                                    capture_output=True).returncode == 0
 
 
 def _same_scores(a: dict, b: dict) -> bool:

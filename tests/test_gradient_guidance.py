@@ -48,13 +48,16 @@ def test_the_scaled_loss_pulls_on_its_logits_with_scale_times_the_box_pull(scale
 
 def test_unlike_loss_guidance_it_does_not_follow_the_box_loss_value():
     """Smooth-L1's value falls with the error, its gradient mass does not while the error exceeds beta: halving
-    every box error halves the loss-guided weight and leaves the gradient-guided one where it was."""
-    logits, deltas, cls, _, _, _ = bce_and_smooth_l1()
-    far = F.smooth_l1_loss(deltas * 0 + 2.0, torch.zeros(7, 4), beta=1 / 9, reduction="sum") / 28
-    near = F.smooth_l1_loss(deltas * 0 + 1.0, torch.zeros(7, 4), beta=1 / 9, reduction="sum") / 28
-    w_far = gradient_guided_scaling(cls, far, logits, deltas).item() / cls.item()
-    w_near = gradient_guided_scaling(cls, near, logits, deltas).item() / cls.item()
-    assert w_far == pytest.approx(w_near, rel=1e-6)
+    every box error nearly halves the loss-guided weight and leaves the gradient-guided one where it was."""
+    logits, _, cls, _, by_hand_cls, _ = bce_and_smooth_l1()
+    far_deltas = torch.full((7, 4), 2.0, requires_grad=True)
+    near_deltas = torch.full((7, 4), 1.0, requires_grad=True)
+    far = F.smooth_l1_loss(far_deltas, torch.zeros(7, 4), beta=1 / 9, reduction="sum") / 28
+    near = F.smooth_l1_loss(near_deltas, torch.zeros(7, 4), beta=1 / 9, reduction="sum") / 28
+    w_far = gradient_guided_scaling(cls, far, logits, far_deltas).item() / cls.item()
+    w_near = gradient_guided_scaling(cls, near, logits, near_deltas).item() / cls.item()
+    # every coordinate beyond beta pulls with 1 / 28, 28 of them: a box pull of 1 at both errors
+    assert w_far == pytest.approx(1 / by_hand_cls, rel=1e-5) and w_near == pytest.approx(w_far, rel=1e-6)
     assert (far / cls).item() == pytest.approx(2 * (near / cls).item() + (1 / 18) / cls.item(), rel=1e-4)
 
 

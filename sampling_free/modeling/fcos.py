@@ -144,8 +144,8 @@ class SamplingFreeFCOS(OneStagePrior, FCOS):
             loss_giou, loss_ctr = deltas.sum() * 0.0, ctrness.sum() * 0.0
         self.last_stats = {"num_pos": float(fg.sum()), "cls_unscaled": float(loss_cls.detach())}
         if self.switches.guided_loss:
-            reference = loss_giou + loss_ctr if self.guided_target == "giou_centerness" else loss_giou
-            box_outputs = (deltas, ctrness) if self.guided_target == "giou_centerness" else deltas
+            with_ctr = self.guided_target == "giou_centerness"
+            reference, box_outputs = (loss_giou + loss_ctr, (deltas, ctrness)) if with_ctr else (loss_giou, deltas)
             loss_cls = guided(self.switches, loss_cls, reference, self.switches.classification_scale,
                               self.frozen_ratio, outputs=(cls_logits, box_outputs))
         return weigh(self.loss_weights, dict(zip(self.loss_names, (loss_cls, loss_giou, loss_ctr))))
