@@ -142,8 +142,10 @@ def record_path(folder: str | Path, split: str, variant: str, slug: str, seed: i
 
 def slug_of(values: dict) -> str:
     """A short file-name-safe label of variant-specific overrides: {"MODEL.FCOS.FOCAL_LOSS_GAMMA": 1.0} ->
-    ``FOCAL_LOSS_GAMMA-1.0``."""
-    return "_".join(f"{k.rsplit('.', 1)[-1]}-{v}" for k, v in sorted(values.items())).replace("/", "-")
+    ``FOCAL_LOSS_GAMMA-1.0``; a list value ``[1350, 1650]`` -> ``1350+1650`` (no brackets or spaces in paths)."""
+    def safe(value) -> str:
+        return re.sub(r"[^\w.+-]", "", str(value).replace("/", "-").replace(",", "+"))
+    return "_".join(f"{k.rsplit('.', 1)[-1]}-{safe(v)}" for k, v in sorted(values.items()))
 
 
 def read_records(folder: str | Path) -> list[dict]:

@@ -66,3 +66,13 @@ def test_explore_reports_beside_the_choice(tmp_path):
     line = protocol.explored("retinanet_shapes", b, {"sampling_free": {"chosen": chosen}}, "sampling_free", tried,
                              tmp_path / "research")
     assert "53.00, 54.00 (mean 53.50)" in line and "50.00, 52.00 (mean 51.00)" in line
+
+
+def test_slug_is_a_plain_file_name():
+    """Run folders and record names come from the overrides: a list value must not put brackets, spaces or a path
+    separator in them, and a plain one keeps its existing name (the committed records are found by it)."""
+    from sampling_free.records import slug_of
+
+    assert slug_of({"MODEL.CLASSIFICATION_SCALE": 2.0}) == "CLASSIFICATION_SCALE-2.0"
+    assert slug_of({"SOLVER.STEPS": "[1350, 1650]", "SOLVER.MAX_ITER": "1800"}) == "MAX_ITER-1800_STEPS-1350+1650"
+    assert slug_of({"MODEL.X": "a/b"}) == "X-a-b"
