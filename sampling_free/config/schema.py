@@ -79,7 +79,8 @@ SCHEMA: dict = {
                            "of the gradient mass each loss puts on its head outputs (sum of |dL_reg/d box outputs| "
                            "over sum of |dL_cls/d logits|), so that the classification pull does not depend on the "
                            "box loss's form or on how far the boxes have converged. Beyond the paper; an experiment "
-                           "(issue 'No knob to tune'); not with GUIDED_WARMUP_ITERS.", choices=("loss", "gradient")),
+                           "(issue 'No knob to tune'), too strong at scale 1 on RetinaNet and Faster R-CNN "
+                           "(docs/results.md); not with GUIDED_WARMUP_ITERS.", choices=("loss", "gradient")),
             "SYNC_GUIDED_RATIO": _b(False, "Multi-process training: one guided-scaling ratio per step from the losses "
                                     "averaged over processes, instead of one per process (the original)."),
             "GUIDED_WARMUP_ITERS": _i(0, "Guided scaling as the original's journal code: the ratio L_reg / L_cls is "
