@@ -5,7 +5,7 @@ drift of the machine affects all variants alike; the report is each variant's ti
 same round (median and min-max over rounds).
 
     python benchmarks/step_time.py --detector faster_rcnn --size 256 --batch 2 --rounds 5 --steps 4
-    python benchmarks/step_time.py --detector mask_rcnn
+    python benchmarks/step_time.py --detector mask_rcnn            # both R-CNNs also time OHEM (ours)
     python benchmarks/step_time.py --detector retinanet
     python benchmarks/step_time.py --detector fcos
     python benchmarks/step_time.py --detector ssd --size 192 --batch 8
@@ -130,6 +130,13 @@ def build_variants(detector: str, opts, overrides: dict, num_classes: int, devic
     reference = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides), num_classes)
     if reference is not None:
         variants["torchvision"] = reference.to(device)
+    if detector in ("faster_rcnn", "mask_rcnn"):
+        # OHEM: every RoI through the box head without gradient, then the hardest B (the config's RoI sample
+        # size, so only the extra pass differs from the random sampler) again with it
+        torch.manual_seed(0)
+        variants["ours OHEM"] = build_model(load_config(CONFIGS[detector], opts, values={
+            **overrides, "MODEL.SAMPLING_FREE_ON": False, "MODEL.ROI_HEADS.SAMPLER": "ohem"}), num_classes).to(device)
+        variants["ours OHEM"].set_prior(1e-3)
     if detector == "paa":  # what the assignment costs: the same detector with ATSS's rule, focal loss
         variants["ATSS baseline"] = build_model(load_config(CONFIGS["atss"], opts, values={
             **overrides, "MODEL.SAMPLING_FREE_ON": False}), num_classes).to(device)
