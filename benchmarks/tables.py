@@ -25,12 +25,12 @@ from sampling_free.records import command_of, currency, format_difference, paire
 
 # (benchmark folder under results/records, label, whether it has masks); README rows in this order
 ROWS = (("retinanet_shapes", "RetinaNet", False), ("fcos_shapes", "FCOS", False), ("atss_shapes", "ATSS", False),
-        ("ssdlite_shapes", "SSDlite", False), ("faster_rcnn_shapes", "Faster R-CNN", False),
+        ("paa_shapes", "PAA", False), ("ssdlite_shapes", "SSDlite", False), ("faster_rcnn_shapes", "Faster R-CNN", False),
         ("mask_rcnn_shapes", "Mask R-CNN", True), ("cascade_rcnn_shapes", "Cascade R-CNN", False),
         ("retinanet_dense", "RetinaNet on dense scenes", False),
         ("faster_rcnn_dense", "Faster R-CNN on dense scenes", False))
 HEURISTIC = {"retinanet_shapes": "focal loss", "fcos_shapes": "focal loss", "atss_shapes": "focal loss",
-             "ssdlite_shapes": "hard-negative mining", "faster_rcnn_shapes": "the samplers",
+             "paa_shapes": "focal loss", "ssdlite_shapes": "hard-negative mining", "faster_rcnn_shapes": "the samplers",
              "mask_rcnn_shapes": "the samplers", "cascade_rcnn_shapes": "the samplers",
              "retinanet_dense": "focal loss", "faster_rcnn_dense": "the samplers"}
 SIDES = ("baseline", "sampling_free")  # also the two test thresholds every model is scored at
