@@ -118,11 +118,16 @@ def load_batches(cfg, count: int, device):
 
 
 def build_variants(detector: str, opts, overrides: dict, num_classes: int, device) -> dict:
-    """Ours (baseline, sampling-free) and torchvision's model, same seed and settings."""
+    """Ours (baseline, sampling-free; the R-CNNs also OHEM) and torchvision's model, same seed and settings."""
+    ours = {"ours baseline": {"MODEL.SAMPLING_FREE_ON": False}, "ours sampling-free": {"MODEL.SAMPLING_FREE_ON": True}}
+    if detector in ("faster_rcnn", "mask_rcnn"):
+        # OHEM: every RoI through the box head without gradient, then the hardest B (the config's RoI sample
+        # size, so only the extra pass differs from the random sampler) again with it
+        ours["ours OHEM"] = {"MODEL.SAMPLING_FREE_ON": False, "MODEL.ROI_HEADS.SAMPLER": "ohem"}
     variants = {}
-    for name, free in (("ours baseline", False), ("ours sampling-free", True)):
+    for name, values in ours.items():
         torch.manual_seed(0)
-        c = load_config(CONFIGS[detector], opts, values={**overrides, "MODEL.SAMPLING_FREE_ON": free})
+        c = load_config(CONFIGS[detector], opts, values={**overrides, **values})
         model = build_model(c, num_classes).to(device)
         model.set_prior(1e-3)
         variants[name] = model
@@ -130,13 +135,6 @@ def build_variants(detector: str, opts, overrides: dict, num_classes: int, devic
     reference = torchvision_model(load_config(CONFIGS[detector], opts, values=overrides), num_classes)
     if reference is not None:
         variants["torchvision"] = reference.to(device)
-    if detector in ("faster_rcnn", "mask_rcnn"):
-        # OHEM: every RoI through the box head without gradient, then the hardest B (the config's RoI sample
-        # size, so only the extra pass differs from the random sampler) again with it
-        torch.manual_seed(0)
-        variants["ours OHEM"] = build_model(load_config(CONFIGS[detector], opts, values={
-            **overrides, "MODEL.SAMPLING_FREE_ON": False, "MODEL.ROI_HEADS.SAMPLER": "ohem"}), num_classes).to(device)
-        variants["ours OHEM"].set_prior(1e-3)
     if detector == "paa":  # what the assignment costs: the same detector with ATSS's rule, focal loss
         variants["ATSS baseline"] = build_model(load_config(CONFIGS["atss"], opts, values={
             **overrides, "MODEL.SAMPLING_FREE_ON": False}), num_classes).to(device)

@@ -25,7 +25,8 @@ from sampling_free.records import command_of, currency, format_difference, paire
 
 # (benchmark folder under results/records, label, whether it has masks); README rows in this order
 ROWS = (("retinanet_shapes", "RetinaNet", False), ("fcos_shapes", "FCOS", False), ("atss_shapes", "ATSS", False),
-        ("paa_shapes", "PAA", False), ("ssdlite_shapes", "SSDlite", False), ("faster_rcnn_shapes", "Faster R-CNN", False),
+        ("paa_shapes", "PAA", False), ("ssdlite_shapes", "SSDlite", False),
+        ("faster_rcnn_shapes", "Faster R-CNN", False),
         ("mask_rcnn_shapes", "Mask R-CNN", True), ("cascade_rcnn_shapes", "Cascade R-CNN", False),
         ("retinanet_dense", "RetinaNet on dense scenes", False),
         ("faster_rcnn_dense", "Faster R-CNN on dense scenes", False))
